@@ -1,0 +1,44 @@
+# Two commands: `make lab` (open the notebooks) and `make test` (run every test).
+# Both create the virtual environment .venv on first use and install everything into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch is installed first and on its own, so that the project's range (>=2.13,<2.16)
+# is already met and pip pulls no other build. Override for your machine, e.g.
+#   make test TORCH="torch==2.13.0" TORCH_PIP_ARGS="--index-url <a CPU-only wheel index>"
+TORCH          ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+NOTEBOOKS      := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: lab test test-unit test-notebooks notebooks clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+## lab: open JupyterLab on notebooks/ (creates .venv on first use)
+lab: $(BIN)/.installed
+	cd notebooks && ../$(BIN)/jupyter lab
+
+## test: unit tests, then strict nbval over every notebook
+test: test-unit test-notebooks
+
+test-unit: $(BIN)/.installed
+	$(BIN)/python -m pytest tests
+
+test-notebooks: $(BIN)/.installed
+	$(BIN)/python -m pytest --nbval $(NOTEBOOKS)
+
+## notebooks: execute every notebook headless and save it with its outputs
+notebooks: $(BIN)/.installed
+	for nb in $(NOTEBOOKS); do \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=600 "$$nb" || exit 1; \
+	done
+
+clean-venv:
+	rm -rf $(VENV)
