@@ -1,0 +1,46 @@
+"""Small helpers shared by the notebooks of the Ray Serve series.
+
+The notebooks import from here so that each cell can show Ray Serve itself, not the plumbing
+around it:
+
+* :mod:`helpers.device` - which accelerator is present (Ascend NPU, CUDA or CPU) and the
+  matching ``ray_actor_options``;
+* :mod:`helpers.cluster` - start and stop a quiet, private Ray + Serve for a notebook, and
+  wait for things with a timeout that fails with a clear message;
+* :mod:`helpers.introspect` - stable, ID-free summaries of the Serve actors and of
+  ``serve.status()``, and a picture of the live topology;
+* :mod:`helpers.probe` - a background HTTP prober that records which requests succeeded;
+* :mod:`helpers.display` - show an app's source in a cell from the module it lives in.
+"""
+
+from helpers.cluster import ClusterInfo, start, stop, wait_for_http, wait_until
+from helpers.display import show_file, show_source
+from helpers.device import Accelerator, detect_accelerator, ray_actor_options
+from helpers.introspect import (
+    ServeActor,
+    actor_table,
+    draw_topology,
+    serve_actors,
+    status_summary,
+)
+from helpers.probe import HttpProbe, ProbeReport
+
+__all__ = [
+    "Accelerator",
+    "ClusterInfo",
+    "HttpProbe",
+    "ProbeReport",
+    "ServeActor",
+    "actor_table",
+    "detect_accelerator",
+    "draw_topology",
+    "ray_actor_options",
+    "serve_actors",
+    "show_file",
+    "show_source",
+    "start",
+    "status_summary",
+    "stop",
+    "wait_for_http",
+    "wait_until",
+]

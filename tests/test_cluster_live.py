@@ -1,0 +1,88 @@
+"""helpers.cluster, helpers.introspect and apps.whoami against a real, private Ray.
+
+One Ray for the whole module (starting one takes 10-20 s on a laptop).
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+import helpers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    info = helpers.start(env={"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "1"})
+    yield info
+    helpers.stop()
+    assert helpers.cluster.ray_processes() == []
+
+
+@pytest.fixture(scope="module")
+def whoami(cluster):
+    from ray import serve
+
+    from apps import whoami
+
+    handle = serve.run(whoami.app, name="who", route_prefix="/who")
+    return handle
+
+
+def test_private_ray_on_loopback(cluster):
+    import ray
+
+    assert cluster.private
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert cluster.http_url == "http://127.0.0.1:8000"
+    assert cluster.dashboard_url == "http://127.0.0.1:8265"
+
+
+def test_start_again_reuses_ray(cluster):
+    assert helpers.start(env={"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "1"}) is cluster
+
+
+def test_actors_and_status(whoami):
+    rows = [line.split() for line in helpers.actor_table().splitlines()[1:]]
+    assert rows == [
+        ["controller", "ServeController", "ALIVE", "head", "1"],
+        ["proxy", "ProxyActor", "ALIVE", "head", "1"],
+        ["replica", "ServeReplica:who:WhoAmI", "ALIVE", "head", "2"],
+    ]
+    assert helpers.status_summary().splitlines() == [
+        "proxies: 1 HEALTHY",
+        "application 'who': RUNNING",
+        "  deployment 'WhoAmI': HEALTHY; replicas: 2 RUNNING",
+    ]
+    assert repr(helpers.draw_topology()) == "<Serve topology: 1 controller, 1 proxy, 2 replicas>"
+
+
+def test_whoami_http_reports_request_id(whoami):
+    response = requests.get("http://127.0.0.1:8000/who", timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert len(body["replica"]) >= 6 and body["pid"] > 0
+
+
+def test_whoami_handle_path(whoami):
+    """The same deployment through a DeploymentHandle (no HTTP): __call__ gets the argument."""
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    body = whoami.remote(Request(scope)).result(timeout_s=30)
+    assert set(body) == {"replica", "pid", "request_id"}
+
+
+def test_both_replicas_serve(whoami):
+    seen = {requests.get("http://127.0.0.1:8000/who", timeout=10).json()["replica"] for _ in range(30)}
+    assert len(seen) == 2
+
+
+def test_wait_for_http(cluster, whoami):
+    assert helpers.wait_for_http("http://127.0.0.1:8000/who", timeout_s=10) < 10
+    with pytest.raises(TimeoutError, match="GET http://127.0.0.1:8000/missing to answer 200"):
+        helpers.wait_for_http("http://127.0.0.1:8000/missing", timeout_s=0.5)
