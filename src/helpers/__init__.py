@@ -10,6 +10,7 @@ around it:
 * :mod:`helpers.introspect` - stable, ID-free summaries of the Serve actors and of
   ``serve.status()``, and a picture of the live topology;
 * :mod:`helpers.probe` - a background HTTP prober that records which requests succeeded;
+* :mod:`helpers.models` - the chat model and Q&A corpus in ``assets/``, loaded from disk only;
 * :mod:`helpers.display` - show an app's source in a cell from the module it lives in.
 """
 
@@ -23,17 +24,22 @@ from helpers.introspect import (
     serve_actors,
     status_summary,
 )
+from helpers.models import MODEL_ENV, chat_model_path, load_chat_model, qa_corpus
 from helpers.probe import HttpProbe, ProbeReport
 
 __all__ = [
     "Accelerator",
     "ClusterInfo",
     "HttpProbe",
+    "MODEL_ENV",
     "ProbeReport",
     "ServeActor",
     "actor_table",
+    "chat_model_path",
     "detect_accelerator",
     "draw_topology",
+    "load_chat_model",
+    "qa_corpus",
     "ray_actor_options",
     "serve_actors",
     "show_file",
