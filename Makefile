@@ -11,7 +11,7 @@ TORCH          ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 NOTEBOOKS      := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: lab test test-unit test-notebooks notebooks clean-venv
+.PHONY: lab test test-unit test-notebooks notebooks protos clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ notebooks: $(BIN)/.installed
 	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=600 "$$nb" || exit 1; \
 	done
+
+## protos: regenerate the gRPC stubs in notebooks/apps/protos from chat.proto
+protos: $(BIN)/.installed
+	$(BIN)/python -m grpc_tools.protoc -I notebooks --python_out=notebooks \
+	  --pyi_out=notebooks --grpc_python_out=notebooks notebooks/apps/protos/chat.proto
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""gRPC interface of the chat model: chat.proto and the Python modules generated from it."""
