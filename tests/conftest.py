@@ -17,6 +17,12 @@ sys.path.insert(0, str(NOTEBOOKS))
 
 # A quick proxy health check, so that tests which break a proxy see it replaced quickly.
 TEST_ENV = {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "1"}
+# Serve's gRPC proxy, with the chat service of apps/protos/chat.proto.
+GRPC_PORT = 9000
+GRPC_OPTIONS = {
+    "port": GRPC_PORT,
+    "grpc_servicer_functions": ["apps.protos.chat_pb2_grpc.add_ChatServiceServicer_to_server"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +32,7 @@ def serve_cluster():
     cwd = os.getcwd()
     os.chdir(NOTEBOOKS)  # Ray adds the driver's working directory to the replicas' sys.path
     try:
-        info = helpers.start(env=TEST_ENV)
+        info = helpers.start(env=TEST_ENV, grpc_options=GRPC_OPTIONS)
     finally:
         os.chdir(cwd)
     yield info

@@ -2,7 +2,7 @@
 
 import pytest
 import requests
-from conftest import TEST_ENV
+from conftest import GRPC_OPTIONS, TEST_ENV
 
 import helpers
 
@@ -33,7 +33,7 @@ def test_private_ray_on_loopback(cluster):
 
 
 def test_start_again_reuses_ray(cluster):
-    assert helpers.start(env=TEST_ENV) is cluster
+    assert helpers.start(env=TEST_ENV, grpc_options=GRPC_OPTIONS) is cluster
 
 
 def test_actors_and_status(whoami):

@@ -1,10 +1,13 @@
 """apps.llm: the chat deployment, in process, through a DeploymentHandle and over HTTP."""
 
+import grpc
 import pytest
 import requests
+from conftest import GRPC_PORT
 
 import helpers
 from apps import llm
+from apps.protos import chat_pb2, chat_pb2_grpc
 
 QA = helpers.qa_corpus()
 
@@ -12,8 +15,8 @@ QA = helpers.qa_corpus()
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        (b'"What is Ray Serve?"', ("What is Ray Serve?", 96)),
-        (b'{"prompt": "hi"}', ("hi", 96)),
+        (b'"What is Ray Serve?"', ("What is Ray Serve?", None)),
+        (b'{"prompt": "hi"}', ("hi", None)),
         (b'{"prompt": "hi", "max_new_tokens": 8}', ("hi", 8)),
     ],
 )
@@ -68,6 +71,28 @@ def test_in_process_bad_prompts_are_422(model, prompt, kwargs, message):
     assert err.value.status == 422
 
 
+def test_reconfigure_sets_the_default_length(model):
+    item = QA[1]
+    try:
+        model.reconfigure({"max_new_tokens": 5})
+        short = model.chat(item["question"])
+        assert short and item["answer"].startswith(short) and len(short) < len(item["answer"])
+        assert model.chat(item["question"], max_new_tokens=96) == item["answer"]
+    finally:
+        model.reconfigure({})
+    assert model.chat(item["question"]) == item["answer"]
+
+
+@pytest.mark.parametrize(
+    "user_config, message",
+    [({"max_tokens": 5}, "unknown user_config key"), ({"max_new_tokens": 0}, "integer in 1..255"),
+     ({"max_new_tokens": "5"}, "integer in 1..255"), ({"max_new_tokens": 999}, "integer in 1..255")],
+)
+def test_reconfigure_rejects_bad_user_config(model, user_config, message):
+    with pytest.raises(ValueError, match=message):
+        model.reconfigure(user_config)
+
+
 @pytest.fixture(scope="module")
 def handle(serve_cluster):
     from ray import serve
@@ -120,3 +145,27 @@ def test_http_bad_input_gets_4xx_and_replica_keeps_serving(handle, base_url, kwa
     assert message in response.json()["error"]
     ok = requests.post(f"{base_url}/llm", json=QA[2]["question"], timeout=60)
     assert ok.status_code == 200 and ok.json()["answer"] == QA[2]["answer"]
+
+
+def test_grpc_chat(handle):
+    item = QA[3]
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        reply = stub.Chat(chat_pb2.ChatRequest(prompt=item["question"]), metadata=(("application", "llm"),), timeout=60)
+        assert (reply.answer, reply.model) == (item["answer"], "tiny-chat")
+        short = stub.Chat(
+            chat_pb2.ChatRequest(prompt=item["question"], max_new_tokens=3),
+            metadata=(("application", "llm"),), timeout=60,
+        )
+        assert item["answer"].startswith(short.answer) and short.answer != item["answer"]
+
+
+def test_grpc_bad_prompt_is_invalid_argument(handle):
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Chat(chat_pb2.ChatRequest(prompt=" "), metadata=(("application", "llm"),), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "non-empty" in err.value.details()
+        ok = stub.Chat(chat_pb2.ChatRequest(prompt=QA[0]["question"]), metadata=(("application", "llm"),), timeout=60)
+        assert ok.answer == QA[0]["answer"]

@@ -8,6 +8,11 @@ The request body is JSON: either the prompt itself as a JSON string, or an objec
 Bad input gets a 400 (not JSON, wrong shape) or a 422 (empty or too long) with a message that
 says what to fix; the replica keeps serving.
 
+The same deployment answers gRPC calls to ``serve_chat.ChatService/Chat`` (see
+``apps/protos/chat.proto``) when Serve's ``grpc_options`` list its servicer function, and
+takes ``user_config: {max_new_tokens: N}`` from a config file, applied in place by
+``reconfigure``.
+
 The model is ``assets/tiny-chat`` unless ``SERVE_CHAT_MODEL`` names another local checkpoint
 directory, or the application is built with ``LLM.bind(model_path=...)``.
 """
@@ -18,12 +23,15 @@ import asyncio
 import json
 from typing import Any
 
+import grpc
 import torch
 from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 import helpers
+from apps.protos.chat_pb2 import ChatReply, ChatRequest
 
 DEFAULT_MAX_NEW_TOKENS = 96
 MAX_PROMPT_CHARS = 8_000  # refuse huge bodies before spending time tokenizing them
@@ -53,9 +61,26 @@ class LLM:
         self.tokenizer, self.model = helpers.load_chat_model(model_path, device=self.device)
         self.model_name = self.model.config.name_or_path.rstrip("/").split("/")[-1]
         self.max_context = int(self.model.config.max_position_embeddings)
+        self.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
-    def chat(self, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
-        """Answer one user message with greedy decoding."""
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the deployment's ``user_config``: called after ``__init__`` and on every change.
+
+        Serve calls this on the running replicas when only ``user_config`` changed in the
+        config file, so the replicas keep their loaded model and are not restarted.
+        """
+        unknown = sorted(set(user_config) - {"max_new_tokens"})
+        if unknown:
+            raise ValueError(f"unknown user_config key(s): {', '.join(unknown)}")
+        value = user_config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < self.max_context:
+            raise ValueError(f"user_config max_new_tokens must be an integer in 1..{self.max_context - 1}")
+        self.max_new_tokens = value
+
+    def chat(self, prompt: str, max_new_tokens: int | None = None) -> str:
+        """Answer one user message with greedy decoding (up to ``max_new_tokens`` tokens)."""
+        if max_new_tokens is None:
+            max_new_tokens = self.max_new_tokens
         if not isinstance(prompt, str) or not prompt.strip():
             raise BadPrompt(422, "'prompt' must be a non-empty string")
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -93,15 +118,28 @@ class LLM:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         return JSONResponse({"answer": answer, "model": self.model_name, "device": self.device})
 
+    async def Chat(self, request: ChatRequest, grpc_context: RayServegRPCContext) -> ChatReply:
+        """The gRPC method ``serve_chat.ChatService/Chat``: Serve calls it by the RPC's name."""
+        try:
+            answer = await asyncio.to_thread(self.chat, request.prompt, request.max_new_tokens or None)
+        except BadPrompt as exc:
+            grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            grpc_context.set_details(exc.message)
+            return ChatReply()
+        return ChatReply(answer=answer, model=self.model_name)
+
 
 def parse_body(raw: bytes) -> tuple[Any, Any]:
-    """The prompt and max_new_tokens from a request body, or BadPrompt(400) saying what is wrong."""
+    """The prompt and max_new_tokens (None: the replica's default) from a request body.
+
+    Raises BadPrompt(400) saying what is wrong with the body's shape.
+    """
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadPrompt(400, 'body must be JSON: a string, or {"prompt": "...", "max_new_tokens": 64}')
     if isinstance(body, str):
-        return body, DEFAULT_MAX_NEW_TOKENS
+        return body, None
     if not isinstance(body, dict):
         kind = {list: "an array", bool: "a boolean", int: "a number", float: "a number"}.get(type(body), "null")
         raise BadPrompt(400, f"body must be a JSON string or object, not {kind}")
@@ -110,7 +148,7 @@ def parse_body(raw: bytes) -> tuple[Any, Any]:
     unknown = sorted(set(body) - {"prompt", "max_new_tokens"})
     if unknown:
         raise BadPrompt(400, f"unknown field(s): {', '.join(unknown)}")
-    return body["prompt"], body.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    return body["prompt"], body.get("max_new_tokens")
 
 
 app = LLM.bind()

@@ -11,7 +11,10 @@ around it:
   ``serve.status()``, and a picture of the live topology;
 * :mod:`helpers.probe` - a background HTTP prober that records which requests succeeded;
 * :mod:`helpers.models` - the chat model and Q&A corpus in ``assets/``, loaded from disk only;
-* :mod:`helpers.display` - show an app's source in a cell from the module it lives in.
+* :mod:`helpers.processes` - run a CLI such as ``serve run`` in the background and stop it cleanly;
+* :mod:`helpers.display` - show an app's source in a cell from the module it lives in;
+* :mod:`helpers.config` - check a Serve config file before deploying it: schema errors and
+  the unknown keys that Serve would silently ignore (``python -m helpers.config FILE``).
 """
 
 from helpers.cluster import ClusterInfo, start, stop, wait_for_http, wait_until
@@ -26,6 +29,7 @@ from helpers.introspect import (
 )
 from helpers.models import MODEL_ENV, chat_model_path, load_chat_model, qa_corpus
 from helpers.probe import HttpProbe, ProbeReport
+from helpers.processes import log_lines, start_background, stop_process_tree
 
 __all__ = [
     "Accelerator",
@@ -39,14 +43,17 @@ __all__ = [
     "detect_accelerator",
     "draw_topology",
     "load_chat_model",
+    "log_lines",
     "qa_corpus",
     "ray_actor_options",
     "serve_actors",
     "show_file",
     "show_source",
     "start",
+    "start_background",
     "status_summary",
     "stop",
+    "stop_process_tree",
     "wait_for_http",
     "wait_until",
 ]
