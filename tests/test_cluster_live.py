@@ -77,3 +77,11 @@ def test_wait_for_http(cluster, whoami):
     assert helpers.wait_for_http("http://127.0.0.1:8000/who", timeout_s=10) < 10
     with pytest.raises(TimeoutError, match="GET http://127.0.0.1:8000/missing to answer 200"):
         helpers.wait_for_http("http://127.0.0.1:8000/missing", timeout_s=0.5)
+
+
+def test_serve_details_shows_effective_config(whoami):
+    details = helpers.serve_details()
+    deployment = details["applications"]["who"]["deployments"]["WhoAmI"]
+    assert deployment["deployment_config"]["num_replicas"] == 2
+    assert deployment["deployment_config"]["ray_actor_options"]["num_cpus"] == 0.1
+    assert sorted(r["state"] for r in deployment["replicas"]) == ["RUNNING", "RUNNING"]

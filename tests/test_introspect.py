@@ -72,3 +72,30 @@ def test_draw_topology_multi_node():
     assert repr(picture) == "<Serve topology: 1 controller, 2 proxies, 3 replicas>"
     png = picture._repr_png_()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_status_summary_reads_serve_status_yaml():
+    import yaml
+
+    printed = """
+proxies:
+  5923e661420f: HEALTHY
+applications:
+  llm:
+    status: DEPLOYING
+    message: ''
+    last_deployed_time_s: 1795445924.89
+    deployments:
+      LLM:
+        status: UPDATING
+        status_trigger: CONFIG_UPDATE_STARTED
+        replica_states:
+          STARTING: 1
+        message: ''
+target_capacity: null
+"""
+    assert status_summary(yaml.safe_load(printed)).splitlines() == [
+        "proxies: 1 HEALTHY",
+        "application 'llm': DEPLOYING",
+        "  deployment 'LLM': UPDATING; replicas: 1 STARTING",
+    ]

@@ -25,14 +25,16 @@ from helpers.introspect import (
     actor_table,
     draw_topology,
     serve_actors,
+    serve_details,
     status_summary,
 )
 from helpers.models import MODEL_ENV, chat_model_path, load_chat_model, qa_corpus
 from helpers.probe import HttpProbe, ProbeReport
-from helpers.processes import log_lines, start_background, stop_process_tree
+from helpers.processes import CliResult, count_processes, log_lines, run_cli, start_background, stop_process_tree
 
 __all__ = [
     "Accelerator",
+    "CliResult",
     "ClusterInfo",
     "HttpProbe",
     "MODEL_ENV",
@@ -40,13 +42,16 @@ __all__ = [
     "ServeActor",
     "actor_table",
     "chat_model_path",
+    "count_processes",
     "detect_accelerator",
     "draw_topology",
     "load_chat_model",
     "log_lines",
     "qa_corpus",
     "ray_actor_options",
+    "run_cli",
     "serve_actors",
+    "serve_details",
     "show_file",
     "show_source",
     "start",

@@ -133,23 +133,55 @@ def actor_table(actors: list[ServeActor] | None = None, include_dead: bool = Fal
     return "\n".join(fmt.format(*r).rstrip() for r in [header, *body])
 
 
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` for status objects, ``obj[name]`` for the parsed YAML of ``serve status``."""
+    value = obj[name] if isinstance(obj, dict) else getattr(obj, name)
+    return getattr(value, "value", value)  # enums -> their string value
+
+
 def status_summary(status: Any = None) -> str:
-    """``serve.status()`` as a few stable lines: proxies, applications, deployments, replicas."""
+    """Serve's status as a few stable lines: proxies, applications, deployments, replicas.
+
+    ``status`` is what ``serve.status()`` returns (the default) or the parsed YAML that the
+    ``serve status`` command prints (``yaml.safe_load(output)``).
+    """
     if status is None:
         from ray import serve
 
         status = serve.status()
-    proxy_states = Counter(str(getattr(s, "value", s)) for s in status.proxies.values())
+    proxies = _field(status, "proxies") or {}
+    applications = _field(status, "applications") or {}
+    proxy_states = Counter(str(getattr(s, "value", s)) for s in proxies.values())
     lines = ["proxies: " + ", ".join(f"{n} {s}" for s, n in sorted(proxy_states.items()))]
-    if not status.applications:
+    if not applications:
         lines.append("applications: none")
-    for app_name, app in sorted(status.applications.items()):
-        lines.append(f"application {app_name!r}: {getattr(app.status, 'value', app.status)}")
-        for dep_name, dep in sorted(app.deployments.items()):
-            replicas = ", ".join(f"{n} {s}" for s, n in sorted(dep.replica_states.items()))
-            state = getattr(dep.status, "value", dep.status)
-            lines.append(f"  deployment {dep_name!r}: {state}; replicas: {replicas or 'none'}")
+    for app_name, app in sorted(applications.items()):
+        lines.append(f"application {app_name!r}: {_field(app, 'status')}")
+        for dep_name, dep in sorted(_field(app, "deployments").items()):
+            replicas = ", ".join(f"{n} {s}" for s, n in sorted(_field(dep, "replica_states").items()))
+            lines.append(f"  deployment {dep_name!r}: {_field(dep, 'status')}; replicas: {replicas or 'none'}")
     return "\n".join(lines)
+
+
+def serve_details(dashboard_url: str = "http://127.0.0.1:8265") -> dict[str, Any]:
+    """Serve's full state from the dashboard's REST API (``GET /api/serve/applications/``).
+
+    It holds what ``serve status`` leaves out: each deployment's effective
+    ``deployment_config`` and its replicas (ids, states). Ray's token authentication is on
+    by default, so the request carries the token from ``$RAY_AUTH_TOKEN`` or
+    ``~/.ray/auth_token``.
+    """
+    import os
+    from pathlib import Path
+
+    import requests
+
+    token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").read_text().strip()
+    response = requests.get(
+        f"{dashboard_url}/api/serve/applications/", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    response.raise_for_status()
+    return response.json()
 
 
 class Topology:

@@ -1,4 +1,8 @@
-"""Run a command-line tool (``serve run``, ``ray start``) from a notebook and stop it cleanly."""
+"""Run command-line tools (``serve run``, ``serve deploy``, ``ray start``) from a notebook.
+
+Ray's tools print log lines that start with a timestamp and a source location; the functions
+here keep only the message, so that a notebook can print what matters the same on every run.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -49,6 +54,58 @@ def stop_process_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, t
     return proc.wait()
 
 
+@dataclass(frozen=True)
+class CliResult:
+    """What a command printed.
+
+    ``stdout`` is its standard output as is (e.g. the YAML of ``serve status``); ``lines`` is
+    everything it printed, one message per line, with Ray's log decorations (time, source
+    file, colours, indentation) removed.
+    """
+
+    returncode: int
+    lines: list[str]
+    stdout: str = ""
+
+    def grep(self, *patterns: str) -> list[str]:
+        """The lines that contain any of ``patterns``, in order."""
+        return [line for line in self.lines if any(p in line for p in patterns)]
+
+
+def _clean(line: str) -> str:
+    # "2026-01-01 12:00:00,123\tINFO scripts.py:351 -- Sent deploy request": keep the message.
+    return _ANSI.sub("", line).split(" -- ", 1)[-1].strip()
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str] | None = None, cwd: str | Path | None = None, timeout_s: float = 300
+) -> CliResult:
+    """Run a command to completion; return its exit code and its cleaned, non-empty output lines."""
+    done = subprocess.run(
+        list(args),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = [_clean(line) for line in (done.stdout + "\n" + done.stderr).splitlines()]
+    return CliResult(done.returncode, [line for line in lines if line], _ANSI.sub("", done.stdout))
+
+
+def count_processes(pattern: str) -> int:
+    """How many processes on this machine have ``pattern`` (a regex) in their command line."""
+    rx = re.compile(pattern)
+    count = 0
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            count += bool(rx.search(" ".join(p.info["cmdline"] or [])))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return count
+
+
 def log_lines(log_file: str | Path, *patterns: str) -> list[str]:
     """The lines of a Ray/Serve log that contain each pattern, without timestamps and pids.
 
@@ -56,8 +113,7 @@ def log_lines(log_file: str | Path, *patterns: str) -> list[str]:
     no match gives ``"(not found) <pattern>"``. So the result reads the same on every run.
     """
     text = Path(log_file).read_text(errors="replace").splitlines()
-    # "INFO 2026-01-01 12:00:00,123 serve 4242 -- Started Serve": keep what follows " -- ".
-    cleaned = [_ANSI.sub("", line).split(" -- ", 1)[-1].strip() for line in text]
+    cleaned = [_clean(line) for line in text]
     found = []
     for pattern in patterns:
         match = next((line for line in cleaned if pattern in line), None)
