@@ -18,7 +18,7 @@ around it:
 """
 
 from helpers.cluster import ClusterInfo, start, stop, wait_for_http, wait_until
-from helpers.display import show_file, show_source
+from helpers.display import show_file, show_lines, show_source
 from helpers.device import Accelerator, detect_accelerator, ray_actor_options
 from helpers.introspect import (
     ServeActor,
@@ -53,6 +53,7 @@ __all__ = [
     "serve_actors",
     "serve_details",
     "show_file",
+    "show_lines",
     "show_source",
     "start",
     "start_background",

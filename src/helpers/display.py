@@ -23,3 +23,14 @@ def show_file(path: str, language: str | None = None) -> Any:
 
     with open(path, encoding="utf-8") as f:
         return Code(f.read(), language=language)
+
+
+def show_lines(obj: ModuleType | type | Any, start: str, end: str | None = None, language: str = "python") -> Any:
+    """Return part of an object's source: from the first line containing ``start`` up to, not
+    including, the first later line containing ``end`` (or to the end)."""
+    from IPython.display import Code
+
+    lines = inspect.getsource(obj).splitlines()
+    first = next(i for i, line in enumerate(lines) if start in line)
+    last = next((i for i in range(first + 1, len(lines)) if end and end in lines[i]), len(lines))
+    return Code("\n".join(lines[first:last]).rstrip() + "\n", language=language)

@@ -1,0 +1,71 @@
+"""apps.rag under Serve: four deployments, called through handles and over HTTP."""
+
+import pytest
+import requests
+
+import helpers
+from apps import rag
+
+ANSWERS = {item["id"]: item["answer"] for item in helpers.qa_corpus()}
+
+
+@pytest.fixture(scope="module")
+def rag_app(serve_cluster):
+    from ray import serve
+
+    serve.run(rag.app, name="rag", route_prefix="/rag")
+    yield
+    serve.delete("rag")
+
+
+def test_paraphrase_over_http_retrieves_and_answers(rag_app, base_url):
+    r = requests.post(f"{base_url}/rag/ask", json={"question": "How do I give each replica a GPU?", "top_k": 3}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    best = body["sources"][0]
+    assert len(body["sources"]) == 3
+    assert body["answer"] == ANSWERS[best["id"]]
+    assert body["prompt"] == best["question"]
+    assert best["score"] >= body["sources"][1]["score"]
+
+
+@pytest.mark.parametrize(
+    "payload, loc",
+    [
+        ({}, ["body", "question"]),
+        ({"question": "   "}, ["body", "question"]),
+        ({"question": "x" * 501}, ["body", "question"]),
+        ({"question": "hi", "top_k": 0}, ["body", "top_k"]),
+        ({"question": "hi", "top_k": "3"}, ["body", "top_k"]),
+        ({"question": "hi", "extra": 1}, ["body", "extra"]),
+    ],
+)
+def test_bad_input_is_422_with_the_field(rag_app, base_url, payload, loc):
+    r = requests.post(f"{base_url}/rag/ask", json=payload, timeout=30)
+    assert r.status_code == 422
+    assert [e["loc"] for e in r.json()["detail"]] == [loc]
+
+
+def test_openapi_docs_list_the_routes(rag_app, base_url):
+    spec = requests.get(f"{base_url}/rag/openapi.json", timeout=30).json()
+    assert {"/ask", "/fanout"} <= set(spec["paths"])
+    assert requests.get(f"{base_url}/rag/docs", timeout=30).status_code == 200
+
+
+def test_fanout_times_both_ways(rag_app, base_url):
+    r = requests.post(f"{base_url}/rag/fanout", json={"question": "What is Ray Serve?"}, timeout=120)
+    body = r.json()
+    assert body["embedding_dims"] == 384
+    assert body["answer"] == ANSWERS["what-is-ray-serve"]
+    assert 0 < body["parallel_s"] and 0 < body["sequential_s"]
+
+
+def test_handles_and_response_chaining(rag_app):
+    from ray import serve
+
+    embedder = serve.get_deployment_handle("Embedder", app_name="rag")
+    retriever = serve.get_deployment_handle("Retriever", app_name="rag")
+    questions = ["What does the Serve controller do?", "What is Ray Serve?"]
+    # The DeploymentResponse of embed() goes straight into search_vectors(): not awaited here.
+    hits = retriever.search_vectors.remote(embedder.embed.remote(questions), 1).result(timeout_s=120)
+    assert [h[0]["id"] for h in hits] == ["serve-controller", "what-is-ray-serve"]
