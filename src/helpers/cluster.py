@@ -45,6 +45,9 @@ _NOISY_LOGGERS = {
     "ray": logging.WARNING,
     "ray.serve": logging.WARNING,
     "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    # With an "NPU" resource declared on a machine without Ascend's CANN toolkit, Ray logs a
+    # traceback because it cannot read the NPU model name; scheduling works regardless.
+    "ray._private.accelerators.npu": logging.CRITICAL,
 }
 
 
