@@ -11,7 +11,7 @@ TORCH          ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 NOTEBOOKS      := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: lab test test-unit test-notebooks notebooks protos clean-venv
+.PHONY: lab test test-unit test-notebooks notebooks protos bench clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ notebooks: $(BIN)/.installed
 	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=600 "$$nb" || exit 1; \
 	done
+
+## bench: the batching and per-request-cost measurements of notebook 06, as tables
+bench: $(BIN)/.installed
+	cd notebooks && ../$(BIN)/python -m helpers.bench
 
 ## protos: regenerate the gRPC stubs in notebooks/apps/protos from chat.proto
 protos: $(BIN)/.installed

@@ -1,0 +1,134 @@
+"""The measurements of notebook 06 as functions, and ``make bench`` to run them from a shell.
+
+``python -m helpers.bench`` (from ``notebooks/``; ``make bench`` does that) starts a private
+Ray, measures the embedding model's own batching gain, the embedding service unbatched and
+batched at 1, 8 and 32 concurrent clients, and what Serve costs per request, then prints the
+tables and the ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+from helpers.load import LoadResult, format_table, run_load
+
+TEXTS = [f"How do I scale deployment number {i} in Ray Serve?" for i in range(32)]
+
+
+def text_body(i: int) -> dict[str, str]:
+    """A request body for the embedding service: a different text for every request."""
+    return {"text": TEXTS[i % len(TEXTS)] + f" ({i})"}
+
+
+def model_batching_gain(threads: int, batch_size: int = 32, rounds: int = 4) -> tuple[float, float]:
+    """Milliseconds per text for all-MiniLM-L6-v2 in this process: one at a time, and batched.
+
+    The ratio of the two is the most batching can gain for this model on this machine.
+    """
+    from apps.rag import Embedder
+
+    model = Embedder.func_or_class(num_threads=threads)
+    texts = TEXTS[:batch_size]
+    model.embed(texts)  # warm up
+    start = time.perf_counter()
+    for text in texts:
+        model.embed([text])
+    single_ms = 1000 * (time.perf_counter() - start) / len(texts)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        model.embed(texts)
+    batch_ms = 1000 * (time.perf_counter() - start) / (rounds * len(texts))
+    return single_ms, batch_ms
+
+
+async def services_under_load(
+    urls: dict[str, str], clients: tuple[int, ...] = (1, 8, 32), duration_s: float = 1.5, warmup_s: float = 0.3
+) -> dict[tuple[str, int], LoadResult]:
+    """Each service at each number of concurrent clients, one after the other."""
+    results = {}
+    for n in clients:
+        for name, url in urls.items():
+            results[name, n] = await run_load(
+                url, clients=n, duration_s=duration_s, warmup_s=warmup_s, body_factory=text_body
+            )
+    return results
+
+
+async def handle_throughput(call: Any, concurrency: int, seconds: float) -> float:
+    """Calls per second of ``await call(i)`` from ``concurrency`` concurrent callers."""
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def caller(i: int) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await call(i)
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    return done / (time.perf_counter() - start)
+
+
+async def per_request_cost(plain_url: str, serve_url: str, handle: Any, n: int = 300) -> dict[str, float]:
+    """Median milliseconds per request, one at a time: function, FastAPI, Serve HTTP, handle."""
+    from apps import perf
+
+    start = time.perf_counter()
+    for _ in range(10_000):
+        perf.hello()
+    bare_ms = 1000 * (time.perf_counter() - start) / 10_000
+    plain = await run_load(plain_url, clients=1, requests_per_client=n, method="GET", warmup_s=0.2)
+    served = await run_load(serve_url, clients=1, requests_per_client=n, method="GET", warmup_s=0.2)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await handle.call.remote()
+        times.append(time.perf_counter() - start)
+    return {
+        "function call": bare_ms,
+        "FastAPI + uvicorn (HTTP)": 1000 * plain.p50,
+        "Serve, HTTP": 1000 * served.p50,
+        "Serve, DeploymentHandle": 1000 * statistics.median(times),
+    }
+
+
+async def _main() -> None:
+    from ray import serve
+
+    import helpers
+    from apps import chatbot, embed_service, perf
+
+    single_ms, batch_ms = model_batching_gain(embed_service.THREADS)
+    helpers.start()
+    try:
+        serve.run(embed_service.unbatched, name="unbatched", route_prefix="/unbatched")
+        serve.run(embed_service.batched, name="batched", route_prefix="/batched")
+        urls = {name: f"http://127.0.0.1:8000/{name}" for name in ("unbatched", "batched")}
+        results = await services_under_load(urls, duration_s=3, warmup_s=0.5)
+        serve.delete("unbatched")
+        serve.delete("batched")
+
+        serve.run(perf.hello_app, name="hello", route_prefix="/hello")
+        with chatbot.serve_locally(perf.plain_fastapi_app(), 8123) as plain_url:
+            cost = await per_request_cost(plain_url + "/", "http://127.0.0.1:8000/hello", serve.get_app_handle("hello"))
+    finally:
+        helpers.stop()
+
+    print("Embedding service, requests per second and latency:")
+    print(format_table([{"service": name, **r.row()} for (name, _), r in results.items()]))
+    ceiling = single_ms / batch_ms
+    gain = results["batched", 32].throughput / results["unbatched", 32].throughput
+    print(f"\nmodel alone: {single_ms:.1f} ms per text single, {batch_ms:.1f} ms in batches of 32")
+    print(f"batching ratio at 32 clients (batched / unbatched throughput): {gain:.2f}x")
+    print(f"the model's own batching gain (the ceiling):                    {ceiling:.2f}x")
+    print(f"share of the ceiling's gain reached:                            {100 * (gain - 1) / (ceiling - 1):.0f}%")
+    print("\nWhat Serve costs per request (median, one client):")
+    print(format_table([{"way": way, "ms": round(ms, 3)} for way, ms in cost.items()]))
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())
