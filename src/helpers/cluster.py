@@ -217,6 +217,14 @@ def start(
         ray_serve.start(**start_kwargs)
         http_url = f"http://{HOST}:{http_port}"
 
+        # serve.start returns before the proxy reports HEALTHY; wait, so that what a notebook
+        # prints next does not depend on how fast this machine is.
+        def proxies_healthy() -> bool:
+            states = [getattr(s, "value", s) for s in ray_serve.status().proxies.values()]
+            return bool(states) and all(state == "HEALTHY" for state in states)
+
+        wait_until(proxies_healthy, 60, "Serve's HTTP proxy to be healthy", interval_s=0.1)
+
     from ray._private.worker import global_worker
 
     webui = global_worker.node.address_info.get("webui_url") if private else None
