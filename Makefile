@@ -11,7 +11,7 @@ TORCH          ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 NOTEBOOKS      := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: lab test test-unit test-notebooks notebooks protos bench clean-venv
+.PHONY: lab test test-unit test-notebooks test-checkpoint notebooks protos bench clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,14 +24,22 @@ $(BIN)/.installed: pyproject.toml
 lab: $(BIN)/.installed
 	cd notebooks && ../$(BIN)/jupyter lab
 
-## test: unit tests, then strict nbval over every notebook
-test: test-unit test-notebooks
+## test: unit tests, strict nbval over every notebook, then notebooks 02, 04, 05 on another model
+test: test-unit test-notebooks test-checkpoint
 
 test-unit: $(BIN)/.installed
 	$(BIN)/python -m pytest tests
 
 test-notebooks: $(BIN)/.installed
 	$(BIN)/python -m pytest --nbval $(NOTEBOOKS)
+
+# The apps must serve any local checkpoint: run the notebooks that serve the chat model with
+# a second one (another architecture and chat template), every cell executed, none compared.
+OTHER_MODEL := $(CURDIR)/assets/tiny-chat-qwen2
+CHAT_NOTEBOOKS := notebooks/02_single_model.ipynb notebooks/04_model_composition.ipynb \
+                  notebooks/05_gradio_npu_chatbot.ipynb
+test-checkpoint: $(BIN)/.installed
+	SERVE_CHAT_MODEL=$(OTHER_MODEL) $(BIN)/python -m pytest --nbval-lax $(CHAT_NOTEBOOKS)
 
 ## notebooks: execute every notebook headless and save it with its outputs
 notebooks: $(BIN)/.installed
@@ -42,7 +50,7 @@ notebooks: $(BIN)/.installed
 
 ## bench: the batching and per-request-cost measurements of notebook 06, as tables
 bench: $(BIN)/.installed
-	cd notebooks && ../$(BIN)/python -m helpers.bench
+	cd notebooks && ../$(BIN)/python -m bench
 
 ## protos: regenerate the gRPC stubs in notebooks/apps/protos from chat.proto
 protos: $(BIN)/.installed

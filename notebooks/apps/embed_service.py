@@ -6,49 +6,56 @@ measures both under load (``serve run apps.embed_service:unbatched`` or ``:batch
 ``BatchedEmbedder`` uses ``@serve.batch``: concurrent requests that arrive within
 ``batch_wait_timeout_s`` of each other are collected (up to ``max_batch_size``) and embedded in
 one forward pass, which on a CPU or an accelerator costs much less per text than one pass each.
+
+Copy it next to ``embedder.py``, ``accelerator.py`` and ``validation.py``.
 """
 
-import json
-
+# No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from apps.rag import Embedder
+if __package__:  # imported as part of the repository's `apps` package
+    from .embedder import MiniLM
+    from .validation import clear_errors
+else:  # copied into a project of your own, next to those modules
+    from embedder import MiniLM
+    from validation import clear_errors
 
 MAX_TEXT_CHARS = 2_000
 # Perf runs give the model both cores of a small laptop (the Embedder alone uses 1 thread).
 THREADS = 2
 
 
-async def read_text(request: Request) -> str | JSONResponse:
-    """The ``text`` of the JSON body, or a 4xx response saying what is wrong."""
-    try:
-        body = json.loads(await request.body())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return JSONResponse({"error": 'body must be JSON: {"text": "..."}'}, status_code=400)
-    text = body.get("text") if isinstance(body, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        return JSONResponse({"error": "'text' must be a non-empty string"}, status_code=422)
-    if len(text) > MAX_TEXT_CHARS:
-        return JSONResponse({"error": f"'text' is longer than {MAX_TEXT_CHARS} characters"}, status_code=422)
-    return text
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: StrictStr = Field(min_length=1, max_length=MAX_TEXT_CHARS, examples=["How do I scale a deployment?"])
+
+
+class EmbedResponse(BaseModel):
+    embedding: list[float] = Field(description="384 numbers, unit length.")
+
+
+unbatched_api = clear_errors(FastAPI(title="Embeddings, one text per forward pass"))
+batched_api = clear_errors(FastAPI(title="Embeddings, batched with @serve.batch"))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
-class UnbatchedEmbedder(Embedder.func_or_class):
+@serve.ingress(unbatched_api)
+class UnbatchedEmbedder(MiniLM):
     def __init__(self) -> None:
         super().__init__(num_threads=THREADS)
 
-    async def __call__(self, request: Request):
-        text = await read_text(request)
-        if isinstance(text, JSONResponse):
-            return text
-        return {"embedding": self.embed([text])[0]}  # one forward pass per request
+    @unbatched_api.post("/")
+    def embed_one(self, request: EmbedRequest) -> EmbedResponse:
+        return EmbedResponse(embedding=self.embed([request.text])[0])  # one forward pass per request
 
 
+# __batched_begin__
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
-class BatchedEmbedder(Embedder.func_or_class):
+@serve.ingress(batched_api)
+class BatchedEmbedder(MiniLM):
     def __init__(self) -> None:
         super().__init__(num_threads=THREADS)
 
@@ -57,12 +64,11 @@ class BatchedEmbedder(Embedder.func_or_class):
         # Called with a list of texts from many requests; returns one result per text, in order.
         return self.embed(texts)
 
-    async def __call__(self, request: Request):
-        text = await read_text(request)
-        if isinstance(text, JSONResponse):
-            return text
+    @batched_api.post("/")
+    async def embed_one(self, request: EmbedRequest) -> EmbedResponse:
         # Each request passes ONE text; Serve groups concurrent calls into a batch.
-        return {"embedding": await self.embed_batch(text)}
+        return EmbedResponse(embedding=await self.embed_batch(request.text))
+# __batched_end__
 
 
 unbatched = UnbatchedEmbedder.bind()

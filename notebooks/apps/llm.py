@@ -1,154 +1,200 @@
 """One chat model as a Ray Serve deployment: ``serve run apps.llm:app`` (from ``notebooks/``).
 
-The request body is JSON: either the prompt itself as a JSON string, or an object
-``{"prompt": "...", "max_new_tokens": 64}``. The answer is JSON too::
+Over HTTP, ``POST /`` takes JSON and answers JSON::
 
-    curl -X POST http://127.0.0.1:8000/ -d '{"prompt": "What does the Serve controller do?"}'
+    curl -X POST http://127.0.0.1:8000/ -H 'content-type: application/json' \\
+         -d '{"prompt": "What does the Serve controller do?", "max_new_tokens": 64}'
 
-Bad input gets a 400 (not JSON, wrong shape) or a 422 (empty or too long) with a message that
-says what to fix; the replica keeps serving.
+``/docs`` describes the route. A body that does not match the schema gets a 422 naming the
+field; a prompt that does not fit the model's context gets a 422 saying so; the replica keeps
+serving.
 
-The same deployment answers gRPC calls to ``serve_chat.ChatService/Chat`` (see
-``apps/protos/chat.proto``) when Serve's ``grpc_options`` list its servicer function, and
-takes ``user_config: {max_new_tokens: N}`` from a config file, applied in place by
-``reconfigure``.
+Through a ``DeploymentHandle`` (from another deployment, or a notebook) the same replicas offer
+``chat(prompt)`` (the answer as a string), ``stream(prompt)`` (the answer in chunks, with
+``handle.options(stream=True)``) and ``info()``. ``Generator`` is the same model without the
+HTTP routes, for applications whose HTTP ingress is another deployment (Serve allows one
+FastAPI ingress per application): ``chatbot.py`` and ``rag.py`` use it. A prompt is a user message or a conversation,
+a list of ``{"role", "content"}`` messages. Over gRPC they answer
+``serve_chat.ChatService/Chat`` (``protos/chat.proto``) when Serve's ``grpc_options`` list its
+servicer function. ``user_config: {max_new_tokens: N}`` in a config file sets the default
+answer length, applied in place by ``reconfigure``.
 
 The model is ``assets/tiny-chat`` unless ``SERVE_CHAT_MODEL`` names another local checkpoint
-directory, or the application is built with ``LLM.bind(model_path=...)``.
+folder, or the application is built with ``LLM.bind(model_path=...)``. To use this module in
+a project of your own, copy it with ``chat_core.py``, ``accelerator.py``, ``validation.py`` and
+``protos/chat.proto``, and generate the gRPC code there for your layout::
+
+    python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. protos/chat.proto
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the route's annotations at run
+# time, and Serve rebuilds the route methods without `self`, so string annotations would not
+# resolve (FastAPI would then take the body for a query parameter).
 import asyncio
-import json
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import torch
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-import helpers
-from apps.protos.chat_pb2 import ChatReply, ChatRequest
-
-DEFAULT_MAX_NEW_TOKENS = 96
-MAX_PROMPT_CHARS = 8_000  # refuse huge bodies before spending time tokenizing them
-
-
-class BadPrompt(ValueError):
-    """The client sent something the model cannot answer; carries the HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, message)  # both in args, so that it pickles across processes
-        self.status = status
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+if __package__:  # imported as part of the repository's `apps` package
+    from .accelerator import ray_actor_options
+    from .chat_core import DEFAULT_MAX_NEW_TOKENS, BadPrompt, ChatModel, Generation, PromptText, TokenCount
+    from .protos.chat_pb2 import ChatReply, ChatRequest
+    from .validation import clear_errors
+else:  # copied into a project of your own, next to those modules
+    from accelerator import ray_actor_options
+    from chat_core import DEFAULT_MAX_NEW_TOKENS, BadPrompt, ChatModel, Generation, PromptText, TokenCount
+    from protos.chat_pb2 import ChatReply, ChatRequest
+    from validation import clear_errors
 
 
-@serve.deployment(
-    num_replicas=1,
-    # Whole device on an NPU or GPU machine; on a CPU-only machine half a CPU, so that
-    # several replicas fit on a laptop.
-    ray_actor_options=helpers.ray_actor_options(num_cpus=0.5),
-)
-class LLM:
+# __llm_schema_begin__
+class Question(BaseModel):
+    """Body of ``POST /``."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
+    prompt: PromptText = Field(examples=["What does the Serve controller do?"])
+    max_new_tokens: TokenCount | None = Field(None, description="Default: the deployment's setting.")
+
+
+class Answer(BaseModel):
+    answer: str
+    model: str
+    device: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = Field(description='"stop": the model ended; "length": max_new_tokens ended it.')
+
+    @classmethod
+    def of(cls, model: ChatModel, result: Generation) -> "Answer":
+        return cls(
+            answer=result.text,
+            model=model.name,
+            device=model.device,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
+        )
+# __llm_schema_end__
+
+
+# __llm_methods_begin__
+class ChatMethods:
+    """What both chat deployments below do: load the model once per replica, answer handles."""
+
     def __init__(self, model_path: str | None = None) -> None:
-        self.device = helpers.detect_accelerator().torch_device
-        self.tokenizer, self.model = helpers.load_chat_model(model_path, device=self.device)
-        self.model_name = self.model.config.name_or_path.rstrip("/").split("/")[-1]
-        self.max_context = int(self.model.config.max_position_embeddings)
-        self.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        # Once per replica: load the model onto this replica's device.
+        self.model = ChatModel(model_path)
 
+    async def chat(self, prompt: Any, max_new_tokens: int | None = None) -> str:
+        """The whole answer to a message or a conversation."""
+        # generate() blocks for the whole answer: run it in a thread, so that this replica's
+        # event loop keeps accepting requests (and Serve's health checks) meanwhile.
+        result = await asyncio.to_thread(self.model.generate, prompt, max_new_tokens=max_new_tokens)
+        return result.text
+
+    async def stream(
+        self,
+        prompt: Any,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        trim_history: bool = False,
+    ) -> AsyncIterator[str]:
+        """The answer in chunks as the model writes them: call with ``handle.options(stream=True)``."""
+        chunks = self.model.astream(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, trim_history=trim_history
+        )
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:  # the caller went away (or cancelled): stop generating
+            chunks.cancel()
+# __llm_methods_end__
+
+    def info(self) -> dict[str, Any]:
+        """Which model this replica serves, on which device, and what Ray gave it."""
+        import ray
+
+        accelerators = ray.get_runtime_context().get_accelerator_ids()
+        return {
+            "model": self.model.name,
+            "device": self.model.device,
+            "context": self.model.max_context,
+            "max_new_tokens": self.model.max_new_tokens,
+            "accelerator_ids": {kind: ids for kind, ids in accelerators.items() if ids},
+            "ASCEND_RT_VISIBLE_DEVICES": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"),
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+
+    # __llm_reconfigure_begin__
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the deployment's ``user_config``: called after ``__init__`` and on every change.
 
-        Serve calls this on the running replicas when only ``user_config`` changed in the
-        config file, so the replicas keep their loaded model and are not restarted.
+        When only ``user_config`` changed in the config file, Serve calls this on the running
+        replicas: they keep their loaded model and are not restarted.
         """
         unknown = sorted(set(user_config) - {"max_new_tokens"})
         if unknown:
             raise ValueError(f"unknown user_config key(s): {', '.join(unknown)}")
         value = user_config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < self.max_context:
-            raise ValueError(f"user_config max_new_tokens must be an integer in 1..{self.max_context - 1}")
-        self.max_new_tokens = value
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < self.model.max_context:
+            raise ValueError(f"user_config max_new_tokens must be an integer in 1..{self.model.max_context - 1}")
+        self.model.max_new_tokens = value
+    # __llm_reconfigure_end__
 
-    def chat(self, prompt: str, max_new_tokens: int | None = None) -> str:
-        """Answer one user message with greedy decoding (up to ``max_new_tokens`` tokens)."""
-        if max_new_tokens is None:
-            max_new_tokens = self.max_new_tokens
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise BadPrompt(422, "'prompt' must be a non-empty string")
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-            raise BadPrompt(422, "'max_new_tokens' must be a positive integer")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise BadPrompt(422, f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+
+# clear_errors: a body that is not UTF-8, and a prompt the model cannot take (BadPrompt, raised
+# by the chat core), get a 4xx that says so, like a body that does not match `Question`.
+api = clear_errors(FastAPI(title="Chat model", description="A chat model served by Ray Serve."))
+
+
+# __llm_deployment_begin__
+@serve.deployment(
+    num_replicas=1,
+    # A whole NPU or GPU where there is one; on a CPU-only machine half a CPU, so that
+    # several replicas fit on a laptop.
+    ray_actor_options=ray_actor_options(num_cpus=0.5),
+)
+@serve.ingress(api)
+class LLM(ChatMethods):
+    """The chat model over HTTP (``POST /``), gRPC (``Chat``) and handles (``chat``, ``stream``)."""
+
+    @api.post("/")
+    async def answer(self, question: Question) -> Answer:
+        result = await asyncio.to_thread(
+            self.model.generate, question.prompt, max_new_tokens=question.max_new_tokens
         )
-        inputs = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").to(self.device)
-        n_prompt = inputs["input_ids"].shape[1]
-        if n_prompt + max_new_tokens > self.max_context:
-            raise BadPrompt(
-                422,
-                f"prompt is {n_prompt} tokens; with max_new_tokens={max_new_tokens} that exceeds "
-                f"the model's context of {self.max_context} tokens",
-            )
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        # generate() returns prompt + answer: decode only the new tokens, without markers.
-        return self.tokenizer.decode(output[0, n_prompt:], skip_special_tokens=True).strip()
+        return Answer.of(self.model, result)
+# __llm_deployment_end__
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        try:
-            prompt, max_new_tokens = parse_body(await request.body())
-            # generate() takes a while and does not await: run it in a thread so that this
-            # replica's event loop keeps accepting (and health-checking) meanwhile.
-            answer = await asyncio.to_thread(self.chat, prompt, max_new_tokens)
-        except BadPrompt as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return JSONResponse({"answer": answer, "model": self.model_name, "device": self.device})
-
+    # __llm_grpc_begin__
     async def Chat(self, request: ChatRequest, grpc_context: RayServegRPCContext) -> ChatReply:
         """The gRPC method ``serve_chat.ChatService/Chat``: Serve calls it by the RPC's name."""
         try:
-            answer = await asyncio.to_thread(self.chat, request.prompt, request.max_new_tokens or None)
+            answer = await self.chat(request.prompt, request.max_new_tokens or None)
         except BadPrompt as exc:
             grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             grpc_context.set_details(exc.message)
             return ChatReply()
-        return ChatReply(answer=answer, model=self.model_name)
+        return ChatReply(answer=answer, model=self.model.name)
+    # __llm_grpc_end__
 
 
-def parse_body(raw: bytes) -> tuple[Any, Any]:
-    """The prompt and max_new_tokens (None: the replica's default) from a request body.
+# __generator_begin__
+@serve.deployment(num_replicas=1, ray_actor_options=ray_actor_options(num_cpus=0.5))
+class Generator(ChatMethods):
+    """The same model without HTTP, for applications that call it through a handle.
 
-    Raises BadPrompt(400) saying what is wrong with the body's shape.
+    Serve allows one FastAPI ingress per application, so an application whose ingress is
+    another deployment (the chatbot's UI, the RAG pipeline) uses this one for its model.
     """
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadPrompt(400, 'body must be JSON: a string, or {"prompt": "...", "max_new_tokens": 64}')
-    if isinstance(body, str):
-        return body, None
-    if not isinstance(body, dict):
-        kind = {list: "an array", bool: "a boolean", int: "a number", float: "a number"}.get(type(body), "null")
-        raise BadPrompt(400, f"body must be a JSON string or object, not {kind}")
-    if "prompt" not in body:
-        raise BadPrompt(400, "missing field 'prompt'")
-    unknown = sorted(set(body) - {"prompt", "max_new_tokens"})
-    if unknown:
-        raise BadPrompt(400, f"unknown field(s): {', '.join(unknown)}")
-    return body["prompt"], body.get("max_new_tokens")
+# __generator_end__
 
 
 app = LLM.bind()

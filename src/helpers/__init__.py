@@ -3,14 +3,14 @@
 The notebooks import from here so that each cell can show Ray Serve itself, not the plumbing
 around it:
 
-* :mod:`helpers.device` - which accelerator is present (Ascend NPU, CUDA or CPU) and the
-  matching ``ray_actor_options``;
 * :mod:`helpers.cluster` - start and stop a quiet, private Ray + Serve for a notebook, and
   wait for things with a timeout that fails with a clear message;
 * :mod:`helpers.introspect` - stable, ID-free summaries of the Serve actors and of
   ``serve.status()``, and a picture of the live topology;
 * :mod:`helpers.probe` - a background HTTP prober that records which requests succeeded;
-* :mod:`helpers.models` - the chat model and Q&A corpus in ``assets/``, loaded from disk only;
+* :mod:`helpers.models` - the Q&A corpus the tiny chat model answers word for word, and
+  whether the apps serve that model (``$SERVE_CHAT_MODEL``);
+* :mod:`helpers.local_server` - run a FastAPI/Gradio app with plain uvicorn, without Ray;
 * :mod:`helpers.processes` - run a CLI such as ``serve run`` in the background and stop it cleanly;
 * :mod:`helpers.display` - show an app's source in a cell from the module it lives in;
 * :mod:`helpers.config` - check a Serve config file before deploying it: schema errors and
@@ -18,8 +18,7 @@ around it:
 """
 
 from helpers.cluster import ClusterInfo, start, stop, wait_for_http, wait_until
-from helpers.display import show_file, show_lines, show_source
-from helpers.device import Accelerator, detect_accelerator, ray_actor_options
+from helpers.display import show_file, show_snippet, show_source
 from helpers.introspect import (
     ServeActor,
     actor_table,
@@ -28,12 +27,12 @@ from helpers.introspect import (
     serve_details,
     status_summary,
 )
-from helpers.models import MODEL_ENV, chat_model_path, load_chat_model, qa_corpus
+from helpers.local_server import serve_locally
+from helpers.models import MODEL_ENV, chat_model_name, checks_verbatim, qa_corpus
 from helpers.probe import HttpProbe, ProbeReport
 from helpers.processes import CliResult, count_processes, log_lines, run_cli, start_background, stop_process_tree
 
 __all__ = [
-    "Accelerator",
     "CliResult",
     "ClusterInfo",
     "HttpProbe",
@@ -41,19 +40,18 @@ __all__ = [
     "ProbeReport",
     "ServeActor",
     "actor_table",
-    "chat_model_path",
+    "chat_model_name",
+    "checks_verbatim",
     "count_processes",
-    "detect_accelerator",
     "draw_topology",
-    "load_chat_model",
     "log_lines",
     "qa_corpus",
-    "ray_actor_options",
     "run_cli",
     "serve_actors",
     "serve_details",
+    "serve_locally",
     "show_file",
-    "show_lines",
+    "show_snippet",
     "show_source",
     "start",
     "start_background",

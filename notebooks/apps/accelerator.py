@@ -9,7 +9,18 @@ then CUDA, then the CPU. The same :class:`Accelerator` gives
   the replica), ``{"num_gpus": n}`` for CUDA (Ray sets ``CUDA_VISIBLE_DEVICES``), and only
   ``num_cpus`` for the CPU.
 
-Nothing here needs the hardware: the probes are small functions that tests replace.
+A deployment asks for its device in its decorator::
+
+    @serve.deployment(ray_actor_options=ray_actor_options(num_cpus=0.5))
+    class LLM: ...
+
+and :func:`actor_options` changes its CPU share (or anything else) later *without dropping
+that request*, which a plain ``.options(ray_actor_options={"num_cpus": 0.25})`` would do::
+
+    LLM.options(num_replicas=2, ray_actor_options=actor_options(LLM, num_cpus=0.25))
+
+Nothing here needs the hardware: the probes are small functions that tests replace. The module
+needs only torch (and ``torch_npu`` where there is an NPU): copy it into your project as is.
 """
 
 from __future__ import annotations
@@ -121,3 +132,24 @@ def ray_actor_options(
     {'num_cpus': 1.0, 'resources': {'NPU': 0.5}}
     """
     return (accelerator or detect_accelerator()).ray_actor_options(fraction, num_cpus)
+
+
+def actor_options(deployment: Any, **changes: Any) -> dict[str, Any]:
+    """``deployment``'s ``ray_actor_options`` with ``changes`` applied, its accelerator kept.
+
+    ``.options(ray_actor_options=...)`` *replaces* the whole dictionary, so passing only
+    ``{"num_cpus": 0.25}`` silently drops a ``num_gpus`` or ``resources: {"NPU": 1}`` request,
+    and the replicas then use a device nobody reserved for them. This merges instead:
+
+    >>> actor_options(LLM, num_cpus=0.25)               # on an NPU machine
+    {'num_cpus': 0.25, 'resources': {'NPU': 1.0}}
+    >>> actor_options(LLM, resources={"NPU": 0.5})      # resources are merged key by key
+    {'num_cpus': 0.5, 'resources': {'NPU': 0.5}}
+
+    ``deployment`` is a Serve deployment (anything with ``ray_actor_options``) or a dict.
+    """
+    current = deployment if isinstance(deployment, dict) else (deployment.ray_actor_options or {})
+    merged = {**current, **changes}
+    if "resources" in changes:
+        merged["resources"] = {**current.get("resources", {}), **changes["resources"]}
+    return merged

@@ -1,6 +1,6 @@
 """The measurements of notebook 06 as functions, and ``make bench`` to run them from a shell.
 
-``python -m helpers.bench`` (from ``notebooks/``; ``make bench`` does that) starts a private
+``python -m bench`` (from ``notebooks/``; ``make bench`` does that) starts a private
 Ray, measures the embedding model's own batching gain, the embedding service unbatched and
 batched at 1, 8 and 32 concurrent clients, and what Serve costs per request, then prints the
 tables and the ratios.
@@ -28,9 +28,9 @@ def model_batching_gain(threads: int, batch_size: int = 32, rounds: int = 4) -> 
 
     The ratio of the two is the most batching can gain for this model on this machine.
     """
-    from apps.rag import Embedder
+    from apps.embedder import MiniLM
 
-    model = Embedder.func_or_class(num_threads=threads)
+    model = MiniLM(num_threads=threads)
     texts = TEXTS[:batch_size]
     model.embed(texts)  # warm up
     start = time.perf_counter()
@@ -100,7 +100,7 @@ async def _main() -> None:
     from ray import serve
 
     import helpers
-    from apps import chatbot, embed_service, perf
+    from apps import embed_service, perf
 
     single_ms, batch_ms = model_batching_gain(embed_service.THREADS)
     helpers.start()
@@ -113,7 +113,7 @@ async def _main() -> None:
         serve.delete("batched")
 
         serve.run(perf.hello_app, name="hello", route_prefix="/hello")
-        with chatbot.serve_locally(perf.plain_fastapi_app(), 8123) as plain_url:
+        with helpers.serve_locally(perf.plain_fastapi_app(), 8123) as plain_url:
             cost = await per_request_cost(plain_url + "/", "http://127.0.0.1:8000/hello", serve.get_app_handle("hello"))
     finally:
         helpers.stop()
