@@ -1,13 +1,16 @@
-"""Shared fixtures: one private Ray + Serve for the whole test session.
+"""Shared fixtures: one private Ray + Serve for the whole test session, and its applications.
 
-Starting Ray takes 10-20 s, so every test that needs Serve shares one instance. Ray is
-started from ``notebooks/`` (as the notebooks are run), so that replicas can import the
+Starting Ray takes 10-20 s, so every test that needs Serve shares one instance, and each
+application is deployed once (``deployed``) and shared by the test modules that use it. Ray
+is started from ``notebooks/`` (as the notebooks are run), so that replicas can import the
 ``apps`` package exactly as they do there.
 """
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,9 @@ GRPC_OPTIONS = {
     "port": GRPC_PORT,
     "grpc_servicer_functions": ["apps.protos.chat_pb2_grpc.add_ChatServiceServicer_to_server"],
 }
+# Logical CPUs for the test cluster: every application of the suite stays deployed at once
+# (Ray only counts CPUs, it does not pin them).
+TEST_CPUS = 16
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +38,7 @@ def serve_cluster():
     cwd = os.getcwd()
     os.chdir(NOTEBOOKS)  # Ray adds the driver's working directory to the replicas' sys.path
     try:
-        info = helpers.start(env=TEST_ENV, grpc_options=GRPC_OPTIONS)
+        info = helpers.start(env=TEST_ENV, grpc_options=GRPC_OPTIONS, num_cpus=TEST_CPUS)
     finally:
         os.chdir(cwd)
     yield info
@@ -43,3 +49,29 @@ def serve_cluster():
 @pytest.fixture(scope="session")
 def base_url(serve_cluster):
     return serve_cluster.http_url
+
+
+@pytest.fixture(scope="session")
+def deployed(serve_cluster) -> Callable[[str, Callable[[], Any]], str]:
+    """``deployed(name, build)``: the URL of application ``name``, deployed on first use.
+
+    ``build()`` returns the application (``chatbot.app``, ...); it is served at ``/<name>``
+    and stays deployed for the rest of the session.
+    """
+    from ray import serve
+
+    urls: dict[str, str] = {}
+
+    def deploy(name: str, build: Callable[[], Any]) -> str:
+        if name not in urls:
+            serve.run(build(), name=name, route_prefix=f"/{name}")
+            urls[name] = f"{serve_cluster.http_url}/{name}"
+        return urls[name]
+
+    return deploy
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that start a Ray of their own (``serve run``) before the shared one starts."""
+    first = [item for item in items if item.path.name == "test_copied_apps.py"]
+    items[:] = first + [item for item in items if item.path.name != "test_copied_apps.py"]

@@ -1,7 +1,9 @@
-"""apps.chatbot without Ray: the streaming engine, POST /generate, the Gradio chat endpoint.
+"""apps.chatbot without Ray: the UI's web app serving the chat core directly.
 
-The web app is served by plain uvicorn in a background thread on 127.0.0.1 (a port in
-7860-7899), exactly as the replica builds it; Ray and Serve are never started here.
+``build_app`` is given ``ChatModel.astream`` where the replica gives it the model
+deployment's streaming handle; the app is served by plain uvicorn in a background thread on
+127.0.0.1 (a port in 7860-7899). Ray and Serve are never started here (see
+test_chatbot_serve.py for the deployed application).
 """
 
 import os
@@ -10,25 +12,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import asyncio
 import socket
-import threading
 
 import httpx
 import pytest
 import requests
 import torch
-from starlette.routing import Mount
-from transformers import StoppingCriteriaList
 
 import helpers
 from apps import chatbot
+from apps.chat_core import ChatModel
 
 torch.set_num_threads(1)  # the model is tiny: more threads only add contention
 QA = helpers.qa_corpus()
 
 pytestmark = [
-    # Serve's ingress wrappers have an async __del__ that Serve awaits at shutdown; replicas
-    # made here are simply garbage-collected, and Python warns that it was not awaited.
-    pytest.mark.filterwarnings("ignore:coroutine .*__del__. was never awaited:RuntimeWarning"),
     # Gradio 6's queue uses pandas options that pandas 3 deprecates: Gradio's business.
     pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
 ]
@@ -46,91 +43,35 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return chatbot.ChatEngine()
+def model():
+    return ChatModel()
+
+
+def build(model, **kwargs):
+    return chatbot.build_app(model.astream, {"model": model.name, "device": model.device}, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def base_url(engine):
-    with chatbot.serve_locally(chatbot.build_api(engine), free_port()) as url:
+def base_url(model):
+    with helpers.serve_locally(build(model), free_port()) as url:
         yield url
 
 
-# -- the engine ---------------------------------------------------------------------------
+# -- the conversation the UI sends ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("item", QA[:3], ids=lambda item: item["id"])
-def test_engine_streams_the_corpus_answer_in_chunks(engine, item):
-    chunks = list(engine.stream(item["question"]))
-    assert len(chunks) > 5 and all(chunks)
-    assert "".join(chunks) == item["answer"]
-
-
-def test_engine_sends_only_the_last_message_by_default(engine):
-    history = [{"role": "user", "content": QA[0]["question"]}, {"role": "assistant", "content": QA[0]["answer"]}]
-    assert engine.answer(QA[1]["question"], history=history) == QA[1]["answer"]
-    # tiny-chat never saw a conversation: with the history it goes astray.
-    assert engine.answer(QA[1]["question"], history=history, include_history=True) != QA[1]["answer"]
-
-
-@pytest.mark.parametrize(
-    "message, kwargs, error",
-    [
-        ("", {}, "non-empty string"),
-        ("  \n ", {}, "non-empty string"),
-        (None, {}, "non-empty string"),
-        ("x" * 9000, {}, "the limit is 8000"),
-        ("word " * 300, {}, "context of 256 tokens leaves no room"),
-        ("hi", {"max_new_tokens": 0}, "positive integer"),
-    ],
-)
-def test_engine_refuses_bad_input_before_generating(engine, message, kwargs, error):
-    with pytest.raises(chatbot.BadPrompt, match=error) as err:
-        engine.stream(message, **kwargs)
-    assert err.value.status == 422
-
-
-def test_max_new_tokens_is_capped_to_the_context(engine):
-    inputs, budget = engine.prepare(QA[0]["question"])
-    assert budget == engine.max_context - inputs["input_ids"].shape[1] < chatbot.MAX_NEW_TOKENS
-    assert engine.prepare(QA[0]["question"], max_new_tokens=4)[1] == 4
-    start = "".join(engine.stream(QA[0]["question"], max_new_tokens=4))
-    assert start and QA[0]["answer"].startswith(start) and len(start.split()) <= 4
-
-
-def test_a_set_stop_event_ends_generation_after_one_token(engine):
-    inputs, _ = engine.prepare(QA[0]["question"])
-    event = threading.Event()
-    event.set()
-    out = engine.model.generate(
-        **inputs,
-        max_new_tokens=50,
-        do_sample=False,
-        pad_token_id=engine.tokenizer.pad_token_id,
-        stopping_criteria=StoppingCriteriaList([chatbot._StopWhenSet(event)]),
-    )
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 1
-
-
-def test_closing_the_async_chunks_cancels_the_generation(engine):
-    async def first_chunk_then_close(stream):
-        parts = chatbot.chunks(stream)
-        first = await anext(parts)
-        await parts.aclose()
-        return first
-
-    stream = engine.stream(QA[0]["question"])
-    assert asyncio.run(first_chunk_then_close(stream)) == "Ray "
-    assert stream._stop.is_set()
-
-
-def test_a_failing_generation_raises_instead_of_hanging(engine, monkeypatch):
-    def boom(**kwargs):
-        raise RuntimeError("device lost")
-
-    monkeypatch.setattr(engine.model, "generate", boom)
-    with pytest.raises(RuntimeError, match="generation failed.*device lost"):
-        list(engine.stream(QA[0]["question"]))
+def test_conversation_keeps_the_earlier_turns_in_order():
+    history = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": [{"type": "text", "text": "an "}, {"type": "text", "text": "answer"}]},
+        {"role": "assistant", "content": {"path": "image.png"}},  # a file: no text, left out
+    ]
+    assert chatbot.conversation("second", history, include_history=True) == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": "second"},
+    ]
+    assert chatbot.conversation("second", history, include_history=False) == [{"role": "user", "content": "second"}]
 
 
 # -- POST /generate -------------------------------------------------------------------------
@@ -151,19 +92,19 @@ def test_generate_streams_the_answer_in_chunks(base_url):
 
 
 def test_generate_can_sample(base_url):
-    chunks = post_streaming(base_url, {"message": QA[0]["question"], "greedy": False, "max_new_tokens": 8})
-    assert chunks and len("".join(chunks).split()) <= 8
+    chunks = post_streaming(base_url, {"message": QA[0]["question"], "temperature": 0.9, "max_new_tokens": 8})
+    assert len("".join(chunks).split()) <= 8
 
 
 @pytest.mark.parametrize(
     "kwargs, where, error",
     [
         ({"json": {}}, "message", "Field required"),
-        ({"json": {"message": ""}}, "message", "non-empty string"),
-        ({"json": {"message": "   "}}, "message", "non-empty string"),
+        ({"json": {"message": ""}}, "message", "at least 1 character"),
         ({"json": {"message": 5}}, "message", "valid string"),
         ({"json": {"message": "x" * 9000}}, "message", "at most 8000 characters"),
-        ({"json": {"message": "hi", "temperature": 2}}, "temperature", "Extra inputs"),
+        ({"json": {"message": "hi", "greedy": True}}, "greedy", "Extra inputs"),
+        ({"json": {"message": "hi", "temperature": 3}}, "temperature", "less than or equal to 2"),
         ({"json": {"message": "hi", "max_new_tokens": 0}}, "max_new_tokens", "greater than or equal to 1"),
         ({"json": "What is Ray Serve?"}, "body", "valid dictionary"),
         ({"data": b"not json", "headers": {"content-type": "application/json"}}, 0, "JSON decode error"),
@@ -176,10 +117,17 @@ def test_generate_bad_body_is_422(base_url, kwargs, where, error):
     assert detail["loc"][-1] == where and error in detail["msg"]
 
 
-def test_generate_too_many_tokens_is_422_before_streaming(base_url):
-    response = requests.post(f"{base_url}/generate", json={"message": "word " * 300}, timeout=60)
+@pytest.mark.parametrize(
+    "body, error",
+    [({"message": "word " * 300}, "context of 256 tokens"), ({"message": "  "}, "must not be blank"),
+     ({"message": "hi", "max_new_tokens": 300}, "exceeds the model's context")],
+)
+def test_generate_checks_the_prompt_before_streaming(base_url, body, error):
+    response = requests.post(f"{base_url}/generate", json=body, timeout=60)
     assert response.status_code == 422
-    assert "context of 256 tokens" in response.json()["detail"]
+    assert error in response.json()["detail"]
+    item = QA[5]
+    assert "".join(post_streaming(base_url, {"message": item["question"]})) == item["answer"]
 
 
 # -- the Gradio UI's API -----------------------------------------------------------------------
@@ -196,7 +144,7 @@ def gradio_client(base_url):
 
 def test_ui_page_is_served(base_url):
     response = requests.get(f"{base_url}/", timeout=30)
-    assert response.status_code == 200 and "Llama Chat Bot" in response.text
+    assert response.status_code == 200 and "Ray Serve chatbot" in response.text
 
 
 def test_chat_endpoint_is_named_chat(gradio_client):
@@ -212,36 +160,13 @@ def test_chat_endpoint_streams_the_growing_answer(gradio_client):
     assert all(later.startswith(earlier) and later != earlier for earlier, later in zip(outputs, outputs[1:]))
 
 
-@pytest.mark.parametrize("message, error", [("", "non-empty string"), ("word " * 300, "leaves no room")])
+@pytest.mark.parametrize("message, error", [("  ", "must not be blank"), ("word " * 300, "leaves no room")])
 def test_chat_endpoint_shows_bad_input_as_the_reply(gradio_client, message, error):
     reply = gradio_client.submit(message, api_name="/chat").result(timeout=60)
     assert reply.startswith("Error: ") and error in reply
 
 
-# -- the replica, built as Serve builds it ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def replica_url():
-    """GradioBot's replica object, made the way Serve makes it, served by uvicorn.
-
-    Serve awaits the (async) wrapper ``__init__``, then calls ``__serve_build_asgi_app__``
-    and hands the app to the wrapper, whose ``__call__`` forwards ASGI messages to it.
-    """
-    cls = chatbot.GradioBot.func_or_class
-    replica = cls.__new__(cls)
-    asyncio.run(replica.__init__())
-    replica._set_asgi_app(replica.__serve_build_asgi_app__())
-    with chatbot.serve_locally(replica, free_port()) as url:
-        yield url
-
-
-def test_replica_keeps_serving_after_bad_input(replica_url):
-    for body in ({"message": ""}, {"message": "word " * 300}, {"prompt": "hi"}):
-        assert requests.post(f"{replica_url}/generate", json=body, timeout=60).status_code == 422
-        item = QA[5]
-        assert "".join(post_streaming(replica_url, {"message": item["question"]})) == item["answer"]
-    assert requests.get(f"{replica_url}/", timeout=30).status_code == 200
+# -- under a route prefix -------------------------------------------------------------------
 
 
 async def get_under_prefix(asgi_app, prefix):
@@ -254,8 +179,8 @@ async def get_under_prefix(asgi_app, prefix):
     return page, config, answer
 
 
-def test_app_works_under_a_route_prefix(engine):
-    page, config, answer = asyncio.run(get_under_prefix(chatbot.build_api(engine), "/chatbot"))
+def test_app_works_under_a_route_prefix(model):
+    page, config, answer = asyncio.run(get_under_prefix(build(model), "/chatbot"))
     assert page.status_code == 200
     assert config.json()["root"] == "http://127.0.0.1:8000/chatbot"
     assert answer.text == QA[0]["answer"]
@@ -284,6 +209,9 @@ async def first_page(wrapper, blocks):
         await wrapper._serve_asgi_lifespan.shutdown()
 
 
+# GradioIngress's wrapper has an async __del__ that Serve awaits at shutdown; the one made here
+# is simply garbage-collected, and Python warns that it was not awaited.
+@pytest.mark.filterwarnings("ignore:coroutine .*__del__. was never awaited:RuntimeWarning")
 def test_rays_gradio_ingress_is_broken_on_gradio_6():
     """GradioIngress builds the app with gradio's App.create_app alone: no theme, no queue.
 
@@ -296,12 +224,26 @@ def test_rays_gradio_ingress_is_broken_on_gradio_6():
     assert (status, queue_started) == (500, False)
 
 
-def test_gradio_server_drop_in_serves_a_working_page():
-    cls = chatbot.GradioServer.func_or_class
-    replica = cls.__new__(cls)
-    asyncio.run(replica.__init__(echo_ui))
-    api = replica.__serve_build_asgi_app__()
-    replica._set_asgi_app(api)
-    (gradio_app,) = [route.app for route in api.routes if isinstance(route, Mount)]
-    status, queue_started = asyncio.run(first_page(replica, gradio_app.get_blocks))
-    assert (status, queue_started) == (200, True)
+@pytest.mark.parametrize("include_history", [True, False])
+def test_the_page_sends_the_conversation_when_asked(model, include_history):
+    """ChatUI.bind(model, include_history=...): what the model deployment receives."""
+    from gradio_client import Client
+
+    seen = []
+
+    def spy(prompt, **options):
+        seen.append(prompt)
+        return model.astream(prompt, **options)
+
+    app = chatbot.build_app(spy, {"model": model.name, "device": model.device}, include_history=include_history)
+    with helpers.serve_locally(app, free_port()) as url:
+        client = Client(f"{url}/", verbose=False, analytics_enabled=False)
+        try:
+            answers = [client.predict(item["question"], api_name="/chat") for item in QA[:2]]
+        finally:
+            client.close()
+    assert answers == [QA[0]["answer"], QA[1]["answer"]]
+    second = [{"role": "user", "content": QA[1]["question"]}]
+    if include_history:
+        second = [{"role": "user", "content": QA[0]["question"]}, {"role": "assistant", "content": QA[0]["answer"]}, *second]
+    assert seen == [[{"role": "user", "content": QA[0]["question"]}], second]

@@ -1,8 +1,8 @@
 """apps.chatbot in a real browser: Debian's chromium, headless, driven by Playwright.
 
-The page is served by Ray Serve (the session's private Ray, the app at ``/chatbot``), and
-every request that leaves that server is blocked and recorded: the chat page must work
-offline. The screenshot goes to
+The page is served by Ray Serve (the session's private Ray, the app at ``/chatbot``: one UI
+replica, two model replicas), four pages chat at the same time, and every request that leaves
+that server is blocked and recorded: the chat page must work offline. The screenshot goes to
 pytest's tmp_path; with ``UPDATE_SCREENSHOT=1`` it replaces ``assets/chatbot.png`` instead.
 """
 
@@ -39,6 +39,7 @@ pytestmark = [
 ]
 
 torch.set_num_threads(1)
+QA = helpers.qa_corpus()
 
 # Records every text the latest bot message shows, so that the test sees the answer grow.
 RECORD_BOT_TEXTS = """() => {
@@ -52,18 +53,15 @@ RECORD_BOT_TEXTS = """() => {
 
 
 @pytest.fixture(scope="module")
-def base_url(serve_cluster):
-    from ray import serve
-
-    serve.run(chatbot.app, name="chatbot", route_prefix="/chatbot")
-    yield f"{serve_cluster.http_url}/chatbot"
-    serve.delete("chatbot")
+def base_url(deployed):
+    return deployed("chatbot", lambda: chatbot.app)
 
 
-def test_chat_in_the_browser(base_url, tmp_path):
+def test_four_pages_chat_at_once(base_url, tmp_path):
+    """Four browser pages (four Gradio sessions) each ask two questions, all at the same time."""
     from playwright.sync_api import expect, sync_playwright
 
-    item = helpers.qa_corpus()[6]
+    pages_questions = [QA[6 + 2 * n : 8 + 2 * n] for n in range(4)]
     outside: list[str] = []
 
     def local_only(route):
@@ -76,25 +74,37 @@ def test_chat_in_the_browser(base_url, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 760})
-            page.route("**/*", local_only)
-            page.goto(f"{base_url}/")
-            expect(page.get_by_role("heading", name="Llama Chat Bot")).to_be_visible(timeout=30_000)
-            page.evaluate(RECORD_BOT_TEXTS)
+            pages = []
+            for _ in pages_questions:
+                context = browser.new_context(viewport={"width": 1000, "height": 760})  # its own session
+                page = context.new_page()
+                page.route("**/*", local_only)
+                page.goto(f"{base_url}/")
+                expect(page.get_by_role("heading", name="Ray Serve chatbot")).to_be_visible(timeout=30_000)
+                page.evaluate(RECORD_BOT_TEXTS)
+                pages.append(page)
 
-            textbox = page.get_by_test_id("textbox")
-            textbox.fill(item["question"])
-            textbox.press("Enter")
+            for turn in range(2):
+                for page, items in zip(pages, pages_questions):  # send on every page first ...
+                    textbox = page.get_by_test_id("textbox")
+                    textbox.fill(items[turn]["question"])
+                    textbox.press("Enter")
+                for page, items in zip(pages, pages_questions):  # ... then wait for the answers
+                    expect(page.get_by_test_id("bot")).to_have_count(turn + 1, timeout=60_000)
+                    expect(page.get_by_test_id("bot").last).to_have_text(items[turn]["answer"], timeout=60_000)
+                    expect(page.get_by_test_id("submit-button")).to_be_visible(timeout=30_000)  # stream ended
 
-            expect(page.get_by_test_id("user").last).to_have_text(item["question"], timeout=30_000)
-            expect(page.get_by_test_id("bot").last).to_have_text(item["answer"], timeout=30_000)
-            expect(page.get_by_test_id("submit-button")).to_be_visible(timeout=30_000)  # stream ended
-            seen = page.evaluate("window.botTexts")
-            assert seen and seen[-1] == item["answer"]
-            assert all(item["answer"].startswith(text) for text in seen), seen  # only ever a prefix
+            for page, items in zip(pages, pages_questions):
+                expect(page.get_by_test_id("user")).to_have_text([item["question"] for item in items])
+                expect(page.get_by_test_id("bot")).to_have_text([item["answer"] for item in items])
+                seen = page.evaluate("window.botTexts")
+                answers = [item["answer"] for item in items]
+                # the answer grew on the page: every text shown was a beginning of an answer
+                assert seen[-1] == answers[-1] and len(seen) > 4, seen
+                assert all(any(answer.startswith(text) for answer in answers) for text in seen), seen
 
             update = os.environ.get("UPDATE_SCREENSHOT") == "1"
-            page.screenshot(path=str(SCREENSHOT if update else tmp_path / "chatbot.png"))
+            pages[0].screenshot(path=str(SCREENSHOT if update else tmp_path / "chatbot.png"))
         finally:
             browser.close()
     assert outside == [], f"the page tried to reach other hosts: {outside}"

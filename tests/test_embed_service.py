@@ -10,14 +10,9 @@ from apps import embed_service
 
 
 @pytest.fixture(scope="module")
-def services(serve_cluster):
-    from ray import serve
-
-    serve.run(embed_service.unbatched, name="unbatched", route_prefix="/unbatched")
-    serve.run(embed_service.batched, name="batched", route_prefix="/batched")
-    yield
-    serve.delete("unbatched")
-    serve.delete("batched")
+def services(deployed):
+    deployed("unbatched", lambda: embed_service.unbatched)
+    deployed("batched", lambda: embed_service.batched)
 
 
 def test_batched_equals_unbatched_under_concurrency(services, base_url):
@@ -46,13 +41,16 @@ def test_batched_equals_unbatched_under_concurrency(services, base_url):
 @pytest.mark.parametrize(
     "kwargs, status, message",
     [
-        ({"data": b"nope"}, 400, "body must be JSON"),
-        ({"json": {"text": "  "}}, 422, "non-empty string"),
-        ({"json": {"txt": "hi"}}, 422, "non-empty string"),
-        ({"json": {"text": "x" * 2001}}, 422, "longer than 2000"),
+        ({"data": b"\xff"}, 422, "valid dictionary"),
+        ({"data": b"nope", "headers": {"content-type": "application/json"}}, 422, "JSON decode error"),
+        ({"json": {"text": ""}}, 422, "at least 1 character"),
+        ({"json": {"txt": "hi"}}, 422, "Field required"),
+        ({"json": {"text": 5}}, 422, "valid string"),
+        ({"json": {"text": "x" * 2001}}, 422, "at most 2000 characters"),
     ],
 )
 def test_bad_input_is_4xx(services, base_url, kwargs, status, message):
     for path in ("unbatched", "batched"):
         r = requests.post(f"{base_url}/{path}", timeout=30, **kwargs)
-        assert r.status_code == status and message in r.json()["error"]
+        detail = r.json()["detail"]
+        assert r.status_code == status and message in (detail if isinstance(detail, str) else detail[0]["msg"])

@@ -1,4 +1,6 @@
-"""apps.llm: the chat deployment, in process, through a DeploymentHandle and over HTTP."""
+"""apps.llm: the chat deployment, in process, through a DeploymentHandle, over HTTP and gRPC."""
+
+import asyncio
 
 import grpc
 import pytest
@@ -12,75 +14,22 @@ from apps.protos import chat_pb2, chat_pb2_grpc
 QA = helpers.qa_corpus()
 
 
-@pytest.mark.parametrize(
-    "raw, expected",
-    [
-        (b'"What is Ray Serve?"', ("What is Ray Serve?", None)),
-        (b'{"prompt": "hi"}', ("hi", None)),
-        (b'{"prompt": "hi", "max_new_tokens": 8}', ("hi", 8)),
-    ],
-)
-def test_parse_body_accepts(raw, expected):
-    assert llm.parse_body(raw) == expected
-
-
-@pytest.mark.parametrize(
-    "raw, message",
-    [
-        (b"not json", "body must be JSON"),
-        (b"\xff\xfe", "body must be JSON"),
-        (b"[1, 2]", "not an array"),
-        (b"42", "not a number"),
-        (b"null", "not null"),
-        (b"{}", "missing field 'prompt'"),
-        (b'{"prompt": "x", "temperature": 2}', "unknown field(s): temperature"),
-    ],
-)
-def test_parse_body_rejects_with_400(raw, message):
-    with pytest.raises(llm.BadPrompt, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
-        llm.parse_body(raw)
-    assert err.value.status == 400
-
-
 @pytest.fixture(scope="module")
-def model():
-    """The deployment's class, instantiated in this process (no Ray)."""
-    return llm.LLM.func_or_class()
+def methods():
+    """What both chat deployments run, instantiated in this process (no Ray)."""
+    return llm.ChatMethods()
 
 
-def test_in_process_answers_verbatim(model):
-    for item in QA[:5]:
-        assert model.chat(item["question"]) == item["answer"]
-
-
-@pytest.mark.parametrize(
-    "prompt, kwargs, message",
-    [
-        ("", {}, "non-empty string"),
-        ("   ", {}, "non-empty string"),
-        (5, {}, "non-empty string"),
-        ("hi", {"max_new_tokens": 0}, "positive integer"),
-        ("hi", {"max_new_tokens": True}, "positive integer"),
-        ("word " * 300, {}, "exceeds the model's context of 256 tokens"),
-        ("x" * 9000, {}, "the limit is 8000"),
-    ],
-)
-def test_in_process_bad_prompts_are_422(model, prompt, kwargs, message):
-    with pytest.raises(llm.BadPrompt, match=message) as err:
-        model.chat(prompt, **kwargs)
-    assert err.value.status == 422
-
-
-def test_reconfigure_sets_the_default_length(model):
+def test_reconfigure_sets_the_default_length(methods):
     item = QA[1]
     try:
-        model.reconfigure({"max_new_tokens": 5})
-        short = model.chat(item["question"])
+        methods.reconfigure({"max_new_tokens": 5})
+        short = asyncio.run(methods.chat(item["question"]))
         assert short and item["answer"].startswith(short) and len(short) < len(item["answer"])
-        assert model.chat(item["question"], max_new_tokens=96) == item["answer"]
+        assert asyncio.run(methods.chat(item["question"], max_new_tokens=96)) == item["answer"]
     finally:
-        model.reconfigure({})
-    assert model.chat(item["question"]) == item["answer"]
+        methods.reconfigure({})
+    assert asyncio.run(methods.chat(item["question"])) == item["answer"]
 
 
 @pytest.mark.parametrize(
@@ -88,17 +37,17 @@ def test_reconfigure_sets_the_default_length(model):
     [({"max_tokens": 5}, "unknown user_config key"), ({"max_new_tokens": 0}, "integer in 1..255"),
      ({"max_new_tokens": "5"}, "integer in 1..255"), ({"max_new_tokens": 999}, "integer in 1..255")],
 )
-def test_reconfigure_rejects_bad_user_config(model, user_config, message):
+def test_reconfigure_rejects_bad_user_config(methods, user_config, message):
     with pytest.raises(ValueError, match=message):
-        model.reconfigure(user_config)
+        methods.reconfigure(user_config)
 
 
 @pytest.fixture(scope="module")
-def handle(serve_cluster):
+def handle(deployed):
     from ray import serve
 
-    yield serve.run(llm.app, name="llm", route_prefix="/llm")
-    serve.delete("llm")
+    deployed("llm", lambda: llm.app)
+    return serve.get_app_handle("llm")
 
 
 def test_handle_path(handle):
@@ -107,7 +56,7 @@ def test_handle_path(handle):
 
 
 def test_handle_path_bad_prompt_raises_the_apps_error(handle):
-    with pytest.raises(llm.BadPrompt, match="non-empty"):
+    with pytest.raises(llm.BadPrompt, match="at least 1 character"):
         handle.chat.remote("").result(timeout_s=60)
 
 
@@ -121,30 +70,61 @@ def test_http_answers_every_topic_verbatim(handle, base_url):
         assert body["model"] == "tiny-chat" and body["device"] == "cpu"
 
 
-def test_http_accepts_the_chapters_bare_string_body(handle, base_url):
-    item = QA[0]
-    response = requests.post(f"{base_url}/llm", json=item["question"], timeout=60)
-    assert response.json()["answer"] == item["answer"]
+def test_http_reports_usage(handle, base_url):
+    body = requests.post(f"{base_url}/llm", json={"prompt": QA[1]["question"], "max_new_tokens": 5}, timeout=60).json()
+    assert (body["completion_tokens"], body["finish_reason"]) == (5, "length")
+    assert body["prompt_tokens"] > 5
 
 
 @pytest.mark.parametrize(
-    "kwargs, status, message",
+    "kwargs, status, where, message",
     [
-        ({"data": b"not json"}, 400, "body must be JSON"),
-        ({"json": [1, 2]}, 400, "not an array"),
-        ({"json": {}}, 400, "missing field 'prompt'"),
-        ({"json": {"prompt": ""}}, 422, "non-empty string"),
-        ({"json": {"prompt": 7}}, 422, "non-empty string"),
-        ({"json": {"prompt": "word " * 300}}, 422, "exceeds the model's context"),
-        ({"json": {"prompt": "hi", "max_new_tokens": -3}}, 422, "positive integer"),
+        ({"data": b"not json", "headers": {"content-type": "application/json"}}, 422, "body", "JSON decode error"),
+        ({"data": b"\xff\xfe"}, 422, "body", "valid dictionary"),  # not UTF-8: not echoed back
+        ({"json": "What is Ray Serve?"}, 422, "body", "valid dictionary"),
+        ({"json": [1, 2]}, 422, "body", "valid dictionary"),
+        ({"json": {}}, 422, "prompt", "Field required"),
+        ({"json": {"prompt": ""}}, 422, "prompt", "at least 1 character"),
+        ({"json": {"prompt": 7}}, 422, "prompt", "valid string"),
+        ({"json": {"prompt": "hi", "temperature": 2}}, 422, "temperature", "Extra inputs"),
+        ({"json": {"prompt": "hi", "max_new_tokens": -3}}, 422, "max_new_tokens", "greater than or equal to 1"),
+        ({"json": {"prompt": "   "}}, 422, None, "must not be blank"),
+        ({"json": {"prompt": "word " * 300}}, 422, None, "leaves no room for an answer"),
+        ({"json": {"prompt": "hi", "max_new_tokens": 300}}, 422, None, "exceeds the model's context"),
     ],
 )
-def test_http_bad_input_gets_4xx_and_replica_keeps_serving(handle, base_url, kwargs, status, message):
+def test_http_bad_input_gets_4xx_and_replica_keeps_serving(handle, base_url, kwargs, status, where, message):
     response = requests.post(f"{base_url}/llm", timeout=60, **kwargs)
     assert response.status_code == status
-    assert message in response.json()["error"]
-    ok = requests.post(f"{base_url}/llm", json=QA[2]["question"], timeout=60)
+    detail = response.json()["detail"]
+    if where is None:  # the app's own check: a sentence
+        assert message in detail
+    else:  # the schema's: a list naming the field
+        assert where in detail[0]["loc"] and message in detail[0]["msg"]
+    ok = requests.post(f"{base_url}/llm", json={"prompt": QA[2]["question"]}, timeout=60)
     assert ok.status_code == 200 and ok.json()["answer"] == QA[2]["answer"]
+
+
+def test_handle_streams_chunks(handle):
+    async def collect():
+        chunks = handle.options(stream=True).stream.remote(QA[3]["question"])
+        return [chunk async for chunk in chunks]
+
+    chunks = asyncio.run(collect())
+    assert len(chunks) > 5 and "".join(chunks) == QA[3]["answer"]
+
+
+def test_handle_stream_refuses_a_bad_prompt_before_any_chunk(handle):
+    async def first():
+        return await anext(handle.options(stream=True).stream.remote("   "))
+
+    with pytest.raises(llm.BadPrompt, match="must not be blank"):
+        asyncio.run(first())
+
+
+def test_info(handle):
+    info = handle.info.remote().result(timeout_s=30)
+    assert {k: info[k] for k in ("model", "device", "context")} == {"model": "tiny-chat", "device": "cpu", "context": 256}
 
 
 def test_grpc_chat(handle):
@@ -166,6 +146,6 @@ def test_grpc_bad_prompt_is_invalid_argument(handle):
         with pytest.raises(grpc.RpcError) as err:
             stub.Chat(chat_pb2.ChatRequest(prompt=" "), metadata=(("application", "llm"),), timeout=60)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "non-empty" in err.value.details()
+        assert "must not be blank" in err.value.details()
         ok = stub.Chat(chat_pb2.ChatRequest(prompt=QA[0]["question"]), metadata=(("application", "llm"),), timeout=60)
         assert ok.answer == QA[0]["answer"]

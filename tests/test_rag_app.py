@@ -10,12 +10,8 @@ ANSWERS = {item["id"]: item["answer"] for item in helpers.qa_corpus()}
 
 
 @pytest.fixture(scope="module")
-def rag_app(serve_cluster):
-    from ray import serve
-
-    serve.run(rag.app, name="rag", route_prefix="/rag")
-    yield
-    serve.delete("rag")
+def rag_app(deployed):
+    return deployed("rag", lambda: rag.app)
 
 
 def test_paraphrase_over_http_retrieves_and_answers(rag_app, base_url):

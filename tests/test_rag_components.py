@@ -1,4 +1,4 @@
-"""apps.rag without Ray: each deployment's class called in this process.
+"""apps.rag (and apps.embedder) without Ray: each deployment's class called in this process.
 
 ``Deployment.func_or_class`` is the user's class; handles are replaced by :class:`FakeHandle`,
 whose ``method.remote(...)`` returns an awaitable as a ``DeploymentResponse`` does.
@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 import helpers
+from apps import embedder as embedder_module
 from apps import llm, rag
 
 torch.set_num_threads(1)
@@ -104,13 +105,13 @@ def cosine(a, b):
 
 @pytest.fixture(scope="module")
 def embedder():
-    return rag.Embedder.func_or_class()
+    return embedder_module.MiniLM()
 
 
 def test_embedding_shape_and_unit_norm(embedder):
     vectors = embedder.embed(["What is Ray Serve?", "A much longer sentence " * 40, "é ü 漢字"])
     assert len(vectors) == 3
-    assert all(len(v) == rag.EMBEDDING_DIMS == embedder.dims == 384 for v in vectors)
+    assert all(len(v) == embedder_module.EMBEDDING_DIMS == embedder.dims == 384 for v in vectors)
     assert np.allclose(np.linalg.norm(np.asarray(vectors), axis=1), 1.0, atol=1e-5)
     assert embedder.max_seq_length == 256 and embedder.device == "cpu"
 
@@ -383,14 +384,18 @@ def test_openapi_documents_both_routes():
 
 @pytest.fixture(scope="module")
 def chat():
-    return llm.LLM.func_or_class()
+    """What the Generator deployment runs, in this process."""
+    return llm.ChatMethods()
 
 
-@pytest.mark.parametrize("question, answer_id", PARAPHRASES)
-def test_paraphrase_gets_the_corpus_answer_verbatim(retrieved, chat, question, answer_id):
-    prompt = rag.build_prompt(question, retrieved[question], "canonical")
-    assert prompt == BY_ID[answer_id]["question"]
-    assert chat.chat(prompt) == BY_ID[answer_id]["answer"]
+def test_paraphrases_get_the_corpus_answers_verbatim(retrieved, chat):
+    prompts = [rag.build_prompt(question, retrieved[question], "canonical") for question, _ in PARAPHRASES]
+    assert prompts == [BY_ID[answer_id]["question"] for _, answer_id in PARAPHRASES]
+
+    async def answers():
+        return await asyncio.gather(*(chat.chat(prompt) for prompt in prompts))
+
+    assert asyncio.run(answers()) == [BY_ID[answer_id]["answer"] for _, answer_id in PARAPHRASES]
 
 
 def ingress_class():
@@ -456,7 +461,7 @@ def test_http_bad_prompt_from_the_generator_is_422(http, monkeypatch):
     monkeypatch.setattr(http.ingress, "prompt_mode", "context")
     response = http.client.post("/ask", json={"question": PARAPHRASES[0][0], "top_k": 3})
     assert response.status_code == 422
-    assert re.search(r"exceeds the model's context of 256 tokens", response.json()["detail"])
+    assert re.search(r"the model's context of 256 tokens leaves no room", response.json()["detail"])
 
 
 def test_http_fanout(http):
@@ -475,8 +480,8 @@ def test_ingress_rejects_an_unknown_prompt_mode():
 
 
 def test_application_graph():
-    """The bound app: four deployments, the generator being apps.llm's LLM, renamed."""
-    assert rag.generator._bound_deployment.func_or_class is llm.LLM.func_or_class
+    """The bound app: four deployments, the generator being apps.llm's Generator."""
+    assert rag.generator._bound_deployment.func_or_class is llm.Generator.func_or_class
     names = {
         "RagIngress": rag.RagIngress,
         "Embedder": rag.Embedder,

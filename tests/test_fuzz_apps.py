@@ -1,0 +1,89 @@
+"""Every HTTP route of every app, fuzzed from its own OpenAPI schema: a 2xx or a clear 4xx.
+
+For each deployed application the test reads ``/openapi.json`` as Serve serves it, then sends
+requests generated from it with schemathesis (property-based, on Hypothesis): bodies the
+schema allows (positive) and bodies it does not (negative: wrong types, missing fields,
+values out of range, bytes that are not JSON). Nothing may answer 5xx, and the application
+must still answer a good request afterwards. Generation is derandomized, so a run is repeatable.
+"""
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+
+from apps import chatbot, embed_service, llm, llm_prod, memo, perf, rag, slow, whoami
+
+# application -> (what to deploy, examples per mode and route, a request that must succeed after)
+APPS = {
+    "llm": (lambda: llm.app, 25, ("POST", "/", {"prompt": "What is Ray Serve?"})),
+    "prod": (lambda: llm_prod.app, 15, ("POST", "/", {"prompt": "What is Ray Serve?"})),
+    "chatbot": (lambda: chatbot.app, 25, ("POST", "/generate", {"message": "What is Ray Serve?"})),
+    "rag": (lambda: rag.app, 15, ("POST", "/ask", {"question": "What is Ray Serve?"})),
+    "batched": (lambda: embed_service.batched, 25, ("POST", "/", {"text": "hello"})),
+    "unbatched": (lambda: embed_service.unbatched, 15, ("POST", "/", {"text": "hello"})),
+    "memo": (lambda: memo.unbounded, 25, ("POST", "/", {"prompt": "hello"})),
+    "hello": (lambda: perf.hello_app, 10, ("GET", "/", None)),
+    "sleepy": (lambda: perf.sleepy_app, 5, ("GET", "/", None)),
+    "slow": (lambda: slow.app, 25, ("GET", "/?seconds=0", None)),
+    "whoami": (lambda: whoami.app, 10, ("GET", "/", None)),
+}
+
+
+def quick(case) -> bool:
+    """Valid requests to /slow sleep as long as asked (up to 30 s): fuzz it with short sleeps."""
+    return (case.query or {}).get("seconds", 1.0) <= 0.2
+
+
+# Applications whose valid requests are slow on purpose: fuzz them with quick ones only.
+ONLY = {"slow": quick}
+
+
+def fuzz(operation, mode: GenerationMode, base_url: str, examples: int, only=None) -> list[str]:
+    """Send ``examples`` generated requests; return a description of each 5xx answer."""
+    failures: list[str] = []
+    strategy = operation.as_strategy(generation_mode=mode)
+    if only is not None and mode is GenerationMode.POSITIVE:
+        strategy = strategy.filter(only)
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def send(case):
+        response = case.call(base_url=base_url, timeout=120)
+        if response.status_code >= 500:
+            failures.append(f"{response.status_code} for {case.as_curl_command()}: {response.text[:300]}")
+
+    try:
+        send()
+    except Unsatisfiable:  # nothing to get wrong: a route without parameters or body
+        assert mode is GenerationMode.NEGATIVE, operation.label
+    return failures
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_every_route_answers_2xx_or_4xx(deployed, name):
+    build, examples, (method, path, body) = APPS[name]
+    url = deployed(name, build)
+    spec = requests.get(f"{url}/openapi.json", timeout=30).json()
+    schema = schemathesis.openapi.from_dict(spec)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert operations, f"{name} documents no route"
+    failures = []
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            failures += fuzz(operation, mode, url, examples, ONLY.get(name))
+    assert failures == []
+    # and the application keeps serving
+    assert requests.request(method, f"{url}{path}", json=body, timeout=60).status_code == 200
