@@ -113,7 +113,8 @@ def running(copied):
     # `serve run` starts a Ray of its own here: let it count more CPUs than the machine has,
     # so that every application's replicas fit at once (Ray only counts, it does not pin).
     proc = helpers.start_background(
-        [SERVE, "run", "serve.yaml"], copied / "serve_run.log", cwd=copied,
+        # --address local: a Ray of its own, never the cluster a stale /tmp/ray/ray_current_cluster names
+        [SERVE, "run", "--address", "local", "serve.yaml"], copied / "serve_run.log", cwd=copied,
         env={"RAY_OVERRIDE_RESOURCES": '{"CPU": 32}'},
     )
     base = f"http://127.0.0.1:{PORT}"
@@ -125,7 +126,11 @@ def running(copied):
         return requests.get(f"{base}/-/routes", timeout=2).json().keys() >= {f"/{n}" for n in APPLICATIONS}
 
     try:
-        helpers.wait_until(all_routes, 240, "every copied application to be deployed", interval_s=1)
+        try:
+            helpers.wait_until(all_routes, 240, "every copied application to be deployed", interval_s=1)
+        except TimeoutError as exc:
+            log = (copied / "serve_run.log").read_text(errors="replace")
+            pytest.fail(f"{exc}\nthe end of serve run's log:\n{log[-3000:]}")
         yield base
     finally:
         helpers.stop_process_tree(proc, signal.SIGINT, timeout_s=60)
