@@ -170,11 +170,15 @@ def notebook_code():
 
 
 def test_notebooks_never_replace_ray_actor_options_by_hand():
-    """Every `.options(ray_actor_options=...)` in a notebook keeps the accelerator request."""
+    """Every `.options(ray_actor_options=...)` in a notebook keeps the accelerator request.
+
+    A deployment's own decorator may name its resources (02's first, CPU-only deployment);
+    replacing them from outside with a dict drops the accelerator the module asked for.
+    """
     offenders = [
         (name, line.strip())
         for name, code in notebook_code()
         for line in code.splitlines()
-        if re.search(r"ray_actor_options\s*=\s*\{", line)
+        if re.search(r"ray_actor_options\s*=\s*\{", line) and not line.lstrip().startswith("@serve.deployment")
     ]
     assert offenders == []

@@ -82,3 +82,26 @@ def test_serve_details_shows_effective_config(whoami):
     assert deployment["deployment_config"]["num_replicas"] == 2
     assert deployment["deployment_config"]["ray_actor_options"]["num_cpus"] == 0.1
     assert sorted(r["state"] for r in deployment["replicas"]) == ["RUNNING", "RUNNING"]
+
+
+def test_actor_table_ignores_a_stale_address_file(whoami, tmp_path, monkeypatch):
+    """A cluster a failed notebook left behind (its address still in ray_current_cluster) must
+    not change what this kernel sees: the actors of the cluster it is connected to, with nodes."""
+    import os
+
+    from ray._private.utils import get_ray_address_file
+
+    address_file = get_ray_address_file(None)
+    saved = open(address_file).read() if os.path.exists(address_file) else None
+    os.makedirs(os.path.dirname(address_file), exist_ok=True)
+    with open(address_file, "w") as f:
+        f.write("10.255.255.1:6379")  # nobody is there
+    try:
+        rows = [line.split() for line in helpers.actor_table().splitlines()[1:]]
+    finally:
+        if saved is None:
+            os.remove(address_file)
+        else:
+            with open(address_file, "w") as f:
+                f.write(saved)
+    assert ["replica", "ServeReplica:who:WhoAmI", "ALIVE", "head", "2"] in rows

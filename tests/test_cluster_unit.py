@@ -49,3 +49,19 @@ def test_cluster_info_describe_is_stable():
         "dashboard: http://127.0.0.1:8265"
     )
     assert "session_x" not in repr(info)
+
+
+def test_a_taken_port_is_refused_with_what_to_do():
+    import socket
+
+    from helpers.cluster import check_ports_free, port_in_use
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert port_in_use(port)
+        with pytest.raises(RuntimeError, match=rf"port\(s\) {port} on 127.0.0.1 are taken.*ray stop"):
+            check_ports_free([None, port])
+    assert not port_in_use(port)
+    check_ports_free([port, None])  # free again: no error

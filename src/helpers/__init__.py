@@ -17,7 +17,7 @@ around it:
   the unknown keys that Serve would silently ignore (``python -m helpers.config FILE``).
 """
 
-from helpers.cluster import ClusterInfo, start, stop, wait_for_http, wait_until
+from helpers.cluster import ClusterInfo, show_ray_deprecations, start, stop, wait_for_http, wait_until
 from helpers.display import show_file, show_snippet, show_source
 from helpers.introspect import (
     ServeActor,
@@ -50,6 +50,7 @@ __all__ = [
     "serve_actors",
     "serve_details",
     "serve_locally",
+    "show_ray_deprecations",
     "show_file",
     "show_snippet",
     "show_source",
@@ -61,3 +62,7 @@ __all__ = [
     "wait_for_http",
     "wait_until",
 ]
+
+# Importing helpers (the first cell of most notebooks, before Ray is imported) makes Ray's
+# deprecation warnings visible: see show_ray_deprecations.
+show_ray_deprecations()

@@ -118,12 +118,27 @@ def _filter_benign_errors() -> None:
     worker.print_to_stdstream = print_filtered
 
 
+def show_ray_deprecations() -> None:
+    """Show Ray's deprecation warnings in the notebook, except the named ones below.
+
+    A ``DeprecationWarning`` names an option the reader should stop using, so it must be
+    seen; Python shows them only for code in ``__main__`` unless asked, and Ray raises them
+    from its own modules (e.g. ``autoscaling_config.metrics_interval_s``). The exceptions are
+    warnings about Ray's own code that no notebook can act on:
+
+    * Ray 2.60's pydantic models pass extra keywords to ``Field``, which pydantic 2
+      deprecates (``PydanticDeprecatedSince20``), once per process when Serve is imported.
+    """
+    warnings.filterwarnings("default", category=DeprecationWarning, module=r"ray(\.|$)")
+    warnings.filterwarnings("default", category=FutureWarning, module=r"ray(\.|$)")
+    warnings.filterwarnings(
+        "ignore", message=r"Using extra keyword arguments on `Field` is deprecated", category=DeprecationWarning
+    )
+
+
 def _quiet_logging() -> None:
     for name, level in _NOISY_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    # Ray warns about future changes to accelerator environment variables on every start.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
 
 
 def start(
@@ -181,6 +196,8 @@ def start(
         ray.shutdown()
 
     private = address is None
+    if private:
+        check_ports_free([http_port if serve else None, 8265 if dashboard else None, (grpc_options or {}).get("port")])
     os.environ.update(env or {})
     _use_loopback(private)
     _quiet_logging()
@@ -240,6 +257,27 @@ def start(
         options=options,
     )
     return _current
+
+
+def check_ports_free(ports: list[int | None]) -> None:
+    """Raise a RuntimeError that says what to do when any of ``ports`` is taken on 127.0.0.1."""
+    taken = [port for port in ports if port and port_in_use(port)]
+    if taken:
+        raise RuntimeError(
+            f"port(s) {', '.join(map(str, taken))} on {HOST} are taken, most likely by another Ray "
+            "on this machine (another notebook's kernel, `serve run`, or `ray start`). Shut it down "
+            "first (`helpers.stop()` in that kernel, Ctrl-C for `serve run`, `ray stop` for a "
+            "cluster), or pass other ports to helpers.start()."
+        )
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
 
 
 def ray_processes() -> list[Any]:

@@ -63,11 +63,31 @@ def node_labels() -> dict[str, str]:
     return labels
 
 
-def _from_state_api(labels: dict[str, str]) -> list[ServeActor]:
+def connected_dashboard() -> str:
+    """The dashboard address of the Ray cluster this process is connected to."""
+    from ray._private.worker import global_worker  # private: Ray has no public accessor
+
+    url = global_worker.node.address_info.get("webui_url") if global_worker.node else None
+    if not url:
+        raise RuntimeError("this process is not connected to a Ray cluster with a dashboard")
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def serve_actors(include_dead: bool = False) -> list[ServeActor]:
+    """The Serve actors of the Ray cluster this process is connected to, sorted.
+
+    Uses Ray's state API, through the dashboard of *this* cluster: without an explicit
+    address the state API would follow ``/tmp/ray/ray_current_cluster``, which may name
+    another cluster on the machine (or a dead one that a failed notebook left behind).
+    """
     from ray.util.state import list_actors
 
+    labels = node_labels()
     rows = list_actors(
-        filters=[("ray_namespace", "=", SERVE_NAMESPACE)], limit=10_000, raise_on_missing_output=False
+        address=connected_dashboard(),
+        filters=[("ray_namespace", "=", SERVE_NAMESPACE)],
+        limit=10_000,
+        raise_on_missing_output=False,
     )
     actors = []
     for row in rows:
@@ -78,41 +98,7 @@ def _from_state_api(labels: dict[str, str]) -> list[ServeActor]:
         app = dep = ""
         if kind == "replica":
             app, dep, _ = name.removeprefix("SERVE_REPLICA::").split("#", 2)
-        actors.append(
-            ServeActor(kind, row.class_name, row.state, labels.get(row.node_id or "", "?"), app, dep)
-        )
-    return actors
-
-
-def _from_named_actors() -> list[ServeActor]:
-    """Fallback without the dashboard: named actors only, state and node unknown."""
-    import ray
-
-    actors = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] != SERVE_NAMESPACE or not kind_of(entry["name"]):
-            continue
-        name, kind = entry["name"], kind_of(entry["name"])
-        app = dep = ""
-        if kind == "replica":
-            app, dep, _ = name.removeprefix("SERVE_REPLICA::").split("#", 2)
-            cls = f"ServeReplica:{app}:{dep}"
-        else:
-            cls = {"controller": "ServeController", "proxy": "ProxyActor"}[kind]
-        actors.append(ServeActor(kind, cls, "ALIVE", "?", app, dep))
-    return actors
-
-
-def serve_actors(include_dead: bool = False) -> list[ServeActor]:
-    """The Serve actors of the connected Ray cluster, sorted.
-
-    Uses Ray's state API (it needs the dashboard); without the dashboard it falls back to
-    the list of named actors, which only holds live ones and knows no nodes.
-    """
-    try:
-        actors = _from_state_api(node_labels())
-    except Exception:
-        actors = _from_named_actors()
+        actors.append(ServeActor(kind, row.class_name, row.state, labels.get(row.node_id or "", "?"), app, dep))
     if not include_dead:
         actors = [a for a in actors if a.state != "DEAD"]
     order = {"controller": 0, "proxy": 1, "replica": 2}
