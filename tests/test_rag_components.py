@@ -343,7 +343,7 @@ def test_ask_request_defaults_and_strips():
 @pytest.mark.parametrize(
     "body, loc, error_type, message",
     [
-        ({"question": "   "}, ("question",), "value_error", "question must not be blank"),
+        ({"question": "   "}, ("question",), "value_error", "must not be blank"),
         ({"question": ""}, ("question",), "string_too_short", "at least 1 character"),
         ({"question": "x" * 501}, ("question",), "string_too_long", "at most 500 characters"),
         ({"question": "q", "top_k": 0}, ("top_k",), "greater_than_equal", "greater than or equal to 1"),
@@ -362,9 +362,11 @@ def test_ask_request_rejects_with_field_locations(body, loc, error_type, message
     assert message in error["msg"]
 
 
-def test_fanout_request_has_the_same_question_rules_and_no_top_k():
-    assert rag.FanoutRequest(question=" hi ").question == "hi"
-    for body in ({"question": "  "}, {"question": "x" * 501}, {"question": "q", "top_k": 3}):
+def test_fanout_request_takes_one_to_four_questions_with_the_same_rules():
+    assert rag.FanoutRequest(questions=[" hi ", "yo"]).questions == ["hi", "yo"]
+    bad = [{"questions": []}, {"questions": ["q"] * 5}, {"questions": ["  "]}, {"questions": ["x" * 501]},
+           {"questions": "q"}, {"question": "q"}]
+    for body in bad:
         with pytest.raises(ValidationError):
             rag.FanoutRequest.model_validate(body)
 
@@ -466,11 +468,12 @@ def test_http_bad_prompt_from_the_generator_is_422(http, monkeypatch):
 
 def test_http_fanout(http):
     question, answer_id = PARAPHRASES[16]
-    response = http.client.post("/fanout", json={"question": BY_ID[answer_id]["question"]})
+    other = QA[0]
+    response = http.client.post("/fanout", json={"questions": [BY_ID[answer_id]["question"], other["question"]]})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"parallel_s", "sequential_s", "embedding_dims", "answer"}
-    assert body["embedding_dims"] == 384 and body["answer"] == BY_ID[answer_id]["answer"]
+    assert set(body) == {"parallel_s", "sequential_s", "answers"}
+    assert body["answers"] == [BY_ID[answer_id]["answer"], other["answer"]]
     assert body["parallel_s"] > 0 and body["sequential_s"] > 0
 
 
@@ -491,4 +494,5 @@ def test_application_graph():
     cpus = {name: d.ray_actor_options["num_cpus"] for name, d in names.items()}
     assert cpus == {"RagIngress": 0.1, "Embedder": 0.5, "Retriever": 0.1, "Generator": 0.5}
     assert {d.name for d in names.values()} == set(names)
-    assert all(d.num_replicas == 1 for d in names.values())
+    assert {name: d.num_replicas for name, d in names.items()} == {
+        "RagIngress": 1, "Embedder": 1, "Retriever": 1, "Generator": 2}

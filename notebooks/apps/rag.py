@@ -13,9 +13,9 @@ Routes (``/docs`` shows them with their schemas; bad input gets a 422 naming the
 * ``POST /ask`` ``{"question": str, "top_k": 1..5}`` -> ``{"answer", "sources", "prompt"}``:
   the Retriever embeds the question (through the Embedder) and ranks the corpus; the
   Generator answers a prompt built from what was retrieved.
-* ``POST /fanout`` ``{"question": str}`` -> ``{"parallel_s", "sequential_s",
-  "embedding_dims", "answer"}``: the Embedder and the Generator called at once, then one after
-  the other, timed inside the ingress.
+* ``POST /fanout`` ``{"questions": [str, ...]}`` (1..4) -> ``{"answers", "parallel_s",
+  "sequential_s"}``: the Generator answers every question, all asked at once (its two replicas
+  work at the same time), then one after the other, timed inside the ingress.
 
 ``/ask`` awaits the retrieved entries in the ingress, because it builds the prompt from them
 and returns them. Where one deployment's output is another's input as it is, a
@@ -45,11 +45,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -67,6 +67,7 @@ else:  # copied into a project of your own, next to those modules
 PromptMode = Literal["canonical", "context"]
 MAX_QUESTION_CHARS = 500
 MAX_TOP_K = 5
+MAX_FANOUT = 4
 CORPUS_ENV = "SERVE_QA_CORPUS"
 # The series' Q&A corpus, where the repository keeps it; anywhere else set $SERVE_QA_CORPUS.
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "assets" / "serve_qa.jsonl"
@@ -142,7 +143,7 @@ class Retriever:
                     )
         return self._vectors
 
-# __retriever_search_begin__
+    # __retriever_search_begin__
     async def search(self, query: str, top_k: int = 3) -> list[dict[str, Any]]:
         """The ``top_k`` corpus entries closest to ``query``: ``{id, question, answer, score}``."""
         # Start embedding the query now: it runs on the Embedder while this replica builds
@@ -151,8 +152,8 @@ class Retriever:
         index = await self.index()
         [query_vec] = await query_vecs
         return self._hits(query_vec, index, top_k)
+    # __retriever_search_end__
 
-# __retriever_search_end__
     async def search_vectors(
         self, query_vecs: list[list[float]], top_k: int = 3
     ) -> list[list[dict[str, Any]]]:
@@ -216,30 +217,29 @@ def build_prompt(
 
 
 # __rag_schema_begin__
-class QuestionRequest(BaseModel):
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
+# A question about Ray Serve, in the user's own words: a string of 1..500 characters, not blank.
+Question = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=MAX_QUESTION_CHARS, examples=["How can I make a replica use a GPU?"]),
+    AfterValidator(_not_blank),
+]
+
+
+class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: StrictStr = Field(
-        min_length=1,
-        max_length=MAX_QUESTION_CHARS,
-        description="A question about Ray Serve, in your own words.",
-        examples=["How can I make a replica use a GPU?"],
-    )
-
-    @field_validator("question")
-    @classmethod
-    def not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("question must not be blank")
-        return value.strip()
-
-
-class AskRequest(QuestionRequest):
+    question: Question
     # strict: a JSON number only; "3" and true are refused instead of converted.
     top_k: int = Field(3, ge=1, le=MAX_TOP_K, strict=True, description="How many sources to retrieve.")
-
-
 # __rag_schema_end__
+
+
 class Source(BaseModel):
     id: str
     question: str
@@ -252,15 +252,16 @@ class AskResponse(BaseModel):
     prompt: str = Field(description="The prompt sent to the generator.")
 
 
-class FanoutRequest(QuestionRequest):
-    pass
+class FanoutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    questions: list[Question] = Field(min_length=1, max_length=MAX_FANOUT, description="Questions to answer.")
 
 
 class FanoutResponse(BaseModel):
-    parallel_s: float = Field(description="Embedder and Generator called at once.")
-    sequential_s: float = Field(description="The same two calls, one after the other.")
-    embedding_dims: int
-    answer: str
+    answers: list[str] = Field(description="The Generator's answers, in the order of the questions.")
+    parallel_s: float = Field(description="Seconds to get every answer, all asked at once.")
+    sequential_s: float = Field(description="The same questions asked one after the other.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,44 +320,40 @@ class RagIngress:
             sources=[Source(id=h["id"], question=h["question"], score=h["score"]) for h in hits],
             prompt=prompt,
         )
+    # __rag_ingress_end__
 
-# __rag_ingress_end__
     @api.post("/fanout", response_model=FanoutResponse)
     async def fanout(self, request: FanoutRequest) -> FanoutResponse:
-        """Two independent deployments called at once, then one after the other."""
-# __rag_fanout_begin__
-        question = request.question
-        # .remote() returns a DeploymentResponse at once and the request is already on its
-        # way; gather awaits both, so the two replicas work at the same time.
+        """The Generator answers every question: all at once, then one after the other."""
+        # __rag_fanout_begin__
+        questions = request.questions
+        # At once: each .remote() returns a DeploymentResponse immediately, the request
+        # already on its way; gather awaits them together. Serve spreads them over the
+        # Generator's replicas.
         start = time.perf_counter()
-        vectors, answer = await asyncio.gather(
-            self.embedder.embed.remote([question]),
-            self.generator.chat.remote(question),
-        )
+        answers = await asyncio.gather(*(self.generator.chat.remote(q) for q in questions))
         parallel_s = time.perf_counter() - start
 
-        # Sequential: the second call is only made after the first has finished.
+        # One after the other: each call starts when the previous answer is back.
         start = time.perf_counter()
-        await self.embedder.embed.remote([question])
-        await self.generator.chat.remote(question)
+        for question in questions:
+            await self.generator.chat.remote(question)
         sequential_s = time.perf_counter() - start
-
-# __rag_fanout_end__
-        return FanoutResponse(
-            parallel_s=parallel_s,
-            sequential_s=sequential_s,
-            embedding_dims=len(vectors[0]),
-            answer=answer,
-        )
+        # __rag_fanout_end__
+        return FanoutResponse(answers=answers, parallel_s=parallel_s, sequential_s=sequential_s)
 
 
 # __rag_graph_begin__
 embedder = Embedder.bind()
 retriever = Retriever.bind(embedder)
 generator = Generator.options(
-    num_replicas=1,
-    # Half a CPU and half a device: the chat model shares the laptop (or the GPU/NPU) with the
-    # Embedder. For a multi-billion-parameter checkpoint give it a whole device (fraction=1).
+    num_replicas=2,
+    # One answer at a time per replica: two generations in one replica process would only
+    # take turns on its CPU, so two requests at once go to the two replicas instead.
+    max_ongoing_requests=1,
+    # Half a CPU and half a device each: the two replicas share one GPU/NPU (the Embedder
+    # takes another half). For a multi-billion-parameter checkpoint give each a whole
+    # device (fraction=1).
     ray_actor_options=ray_actor_options(fraction=0.5, num_cpus=0.5),
 ).bind()
 app = RagIngress.bind(embedder, retriever, generator)
