@@ -1,6 +1,7 @@
 # Two commands: `make lab` (open the notebooks) and `make test` (run every test).
 # Both create the virtual environment .venv on first use and install everything into it.
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,18 +21,38 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# Jupyter refuses to run as root (the usual user in a container) unless told it may.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 ## lab: open JupyterLab on notebooks/ (creates .venv on first use)
 lab: $(BIN)/.installed
-	cd notebooks && ../$(BIN)/jupyter lab
+	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(ALLOW_ROOT)
 
 ## test: unit tests, strict nbval over every notebook, then notebooks 02, 04, 05 on another model
 test: test-unit test-notebooks test-checkpoint
 
+# Each stage prints how long it took.
+define timed
+	@start=$$(date +%s); $(1); status=$$?; \
+	echo "== $@: $$(( $$(date +%s) - start )) s"; exit $$status
+endef
+
 test-unit: $(BIN)/.installed
-	$(BIN)/python -m pytest tests
+	$(call timed,$(BIN)/python -m pytest tests)
+
+# Every notebook runs on its own, as a reader runs it: in a fresh HOME (no token or Jupyter
+# state left by an earlier notebook) and a fresh Ray temp directory (no address file of an
+# earlier cluster). $(call alone,COMMAND) runs COMMAND "$$nb" so for each notebook.
+define alone
+for nb in $(NOTEBOOKS); do \
+  fresh=$$(mktemp -d) && mkdir -p $$fresh/home $$fresh/ray && \
+  HOME=$$fresh/home RAY_TMPDIR=$$fresh/ray $(1) "$$nb"; \
+  status=$$?; rm -rf $$fresh; [ $$status = 0 ] || exit $$status; \
+done
+endef
 
 test-notebooks: $(BIN)/.installed
-	$(BIN)/python -m pytest --nbval $(NOTEBOOKS)
+	$(call timed,$(call alone,$(BIN)/python -m pytest --nbval -q))
 
 # The apps must serve any local checkpoint: run the notebooks that serve the chat model with
 # a second one (another architecture and chat template), every cell executed, none compared.
@@ -39,14 +60,12 @@ OTHER_MODEL := $(CURDIR)/assets/tiny-chat-qwen2
 CHAT_NOTEBOOKS := notebooks/02_single_model.ipynb notebooks/04_model_composition.ipynb \
                   notebooks/05_gradio_npu_chatbot.ipynb
 test-checkpoint: $(BIN)/.installed
-	SERVE_CHAT_MODEL=$(OTHER_MODEL) $(BIN)/python -m pytest --nbval-lax $(CHAT_NOTEBOOKS)
+	$(call timed,SERVE_CHAT_MODEL=$(OTHER_MODEL) $(BIN)/python -m pytest --nbval-lax $(CHAT_NOTEBOOKS))
 
-## notebooks: execute every notebook headless and save it with its outputs
+## notebooks: execute every notebook headless, each on its own, and save it with its outputs
+##   (one notebook: make notebooks NOTEBOOKS=notebooks/03_yaml_config.ipynb)
 notebooks: $(BIN)/.installed
-	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=600 "$$nb" || exit 1; \
-	done
+	$(call timed,$(call alone,$(CURDIR)/$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600))
 
 ## bench: the batching and per-request-cost measurements of notebook 06, as tables
 bench: $(BIN)/.installed
