@@ -77,12 +77,13 @@ def test_one_client_throughput_is_one_over_latency_and_eight_clients_scale():
     one, eight = asyncio.run(main())
     assert one.statuses.keys() == {200} and eight.statuses.keys() == {200}
     assert one.error_rate == 0
-    assert 0.019 <= one.p50 < 0.04
-    # 1 / 20 ms = 50 requests/s at most; the overhead of each request lowers it a little.
-    assert 30 < one.throughput <= 52
-    assert abs(one.throughput - 1 / one.p50) < 0.2 / one.p50
+    # the server sleeps 20 ms: no request is faster; a busy machine may make them slower
+    assert 0.02 <= one.p50 < 0.2
+    # one client, one request at a time: throughput is one over the latency, 50/s at most
+    assert one.throughput <= 1 / 0.02
+    assert abs(one.throughput - 1 / one.p50) < 0.3 / one.p50
     assert eight.throughput > 4 * one.throughput
-    assert 0.45 < one.duration_s < 0.6
+    assert 0.45 < one.duration_s < 1.5
     assert one.clients == 1 and eight.clients == 8
     assert len(one.latencies_s) == one.ok == one.requests == len(one.records)
 
