@@ -129,6 +129,14 @@ async def _main() -> None:
     print("\nWhat Serve costs per request (median, one client):")
     print(format_table([{"way": way, "ms": round(ms, 3)} for way, ms in cost.items()]))
 
+    import fastpaths
+
+    print("\nServe's fast paths (a no-op app; requests/s and latency; each in a network namespace):")
+    if fastpaths.namespaces_available():
+        print(fastpaths.table(fastpaths.measure_all()))
+    else:
+        print("not measured: this machine allows no unprivileged network namespaces (unshare -rn)")
+
 
 if __name__ == "__main__":
     asyncio.run(_main())
