@@ -52,15 +52,29 @@ def test_openapi_docs_list_the_routes(rag_app, base_url):
 
 
 def test_fanout_answers_at_once_faster_than_one_after_the_other(rag_app, base_url):
-    """Two questions with answers of similar length: the Generator's two replicas answer both
-    at once, in much less than the time of two answers one after the other."""
+    """Two questions with answers of the same length: the Generator's two replicas answer both
+    at once, in much less than the time of two answers one after the other.
+
+    Each request times both ways back to back, so its own ratio is compared: the best ratio
+    (timeit's rule: noise only adds time) near one answer's cost, the median clearly below 1.
+    One after the other would give ratios near 1 in every run."""
     pair = [QA_BY_ID["where-metrics"], QA_BY_ID["stream-http"]]
     runs = [requests.post(f"{base_url}/rag/fanout", json={"questions": [q["question"] for q in pair]},
-                          timeout=120).json() for _ in range(5)]
+                          timeout=120).json() for _ in range(9)]
     assert all(run["answers"] == [q["answer"] for q in pair] for run in runs)
-    parallel = statistics.median(run["parallel_s"] for run in runs)
-    sequential = statistics.median(run["sequential_s"] for run in runs)
-    assert parallel < 0.75 * sequential, (parallel, sequential)
+    ratios = sorted(run["parallel_s"] / run["sequential_s"] for run in runs)
+    assert ratios[0] <= 0.65, ratios
+    assert statistics.median(ratios) <= 0.85, ratios
+
+
+def test_fanout_question_longer_than_the_model_context_is_422(rag_app, base_url):
+    """500 digits pass the schema (at most 500 characters) but are more tokens than tiny-chat's
+    context: the chat core's BadPrompt comes back as a 422, and the app keeps answering."""
+    r = requests.post(f"{base_url}/rag/fanout", json={"questions": ["0" * 500]}, timeout=120)
+    assert r.status_code == 422, r.text
+    assert "context" in str(r.json()["detail"]), r.text
+    r = requests.post(f"{base_url}/rag/fanout", json={"questions": ["What is Ray Serve?"]}, timeout=120)
+    assert r.status_code == 200, r.text
 
 
 def test_handles_and_response_chaining(rag_app):
