@@ -52,17 +52,24 @@ def base_url(serve_cluster):
 
 
 @pytest.fixture(scope="session")
-def deployed(serve_cluster) -> Callable[[str, Callable[[], Any]], str]:
+def deployed(serve_cluster) -> Callable[..., str]:
     """``deployed(name, build)``: the URL of application ``name``, deployed on first use.
 
     ``build()`` returns the application (``chatbot.app``, ...); it is served at ``/<name>``
-    and stays deployed for the rest of the session.
+    and stays deployed for the rest of the session. With ``alone=True`` every other
+    application is deleted first (a later test that needs one deploys it again): for tests
+    that time something on two cores, where idle replicas of earlier tests would take turns
+    on the CPU.
     """
     from ray import serve
 
     urls: dict[str, str] = {}
 
-    def deploy(name: str, build: Callable[[], Any]) -> str:
+    def deploy(name: str, build: Callable[[], Any], alone: bool = False) -> str:
+        if alone:
+            for other in set(serve.status().applications) - {name}:
+                serve.delete(other)
+                urls.pop(other, None)
         if name not in urls:
             serve.run(build(), name=name, route_prefix=f"/{name}")
             urls[name] = f"{serve_cluster.http_url}/{name}"

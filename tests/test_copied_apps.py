@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,8 @@ def running(copied):
     proc = helpers.start_background(
         # --address local: a Ray of its own, never the cluster a stale /tmp/ray/ray_current_cluster names
         [SERVE, "run", "--address", "local", "serve.yaml"], copied / "serve_run.log", cwd=copied,
-        env={"RAY_OVERRIDE_RESOURCES": '{"CPU": 32}'},
+        # unbuffered: the log shows what serve run did, even if it has to be killed
+        env={"RAY_OVERRIDE_RESOURCES": '{"CPU": 32}', "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{PORT}"
 
@@ -133,7 +135,15 @@ def running(copied):
             pytest.fail(f"{exc}\nthe end of serve run's log:\n{log[-3000:]}")
         yield base
     finally:
-        helpers.stop_process_tree(proc, signal.SIGINT, timeout_s=60)
+        # Ctrl-C: serve run deletes every application (each replica shuts down gracefully),
+        # then stops its Ray; eleven applications on two busy cores can take a minute or more.
+        start = time.monotonic()
+        try:
+            helpers.stop_process_tree(proc, signal.SIGINT, timeout_s=180)
+        except TimeoutError as exc:
+            log = (copied / "serve_run.log").read_text(errors="replace")
+            pytest.fail(f"{exc}\nthe end of serve run's log:\n{log[-3000:]}")
+        print(f"serve run stopped {time.monotonic() - start:.1f} s after Ctrl-C")
 
 
 @pytest.mark.parametrize("name", APPLICATIONS)

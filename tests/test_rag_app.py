@@ -14,7 +14,8 @@ QA_BY_ID = {item["id"]: item for item in helpers.qa_corpus()}
 
 @pytest.fixture(scope="module")
 def rag_app(deployed):
-    return deployed("rag", lambda: rag.app)
+    # alone: the fan-out test times two generations side by side on two cores
+    return deployed("rag", lambda: rag.app, alone=True)
 
 
 def test_paraphrase_over_http_retrieves_and_answers(rag_app, base_url):
