@@ -2,8 +2,9 @@
 
 ``python -m bench`` (from ``notebooks/``; ``make bench`` does that) starts a private
 Ray, measures the embedding model's own batching gain, the embedding service unbatched and
-batched at 1, 8 and 32 concurrent clients, and what Serve costs per request, then prints the
-tables and the ratios.
+batched at 1, 8 and 32 concurrent clients, what Serve costs per request, and the chat model's
+answer streamed bare, over HTTP and through a handle, then prints the tables and the ratios,
+and last Serve's fast paths (see ``fastpaths.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from helpers.load import LoadResult, format_table, run_load
@@ -96,6 +98,138 @@ async def per_request_cost(plain_url: str, serve_url: str, handle: Any, n: int =
     }
 
 
+# -- streaming -----------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamTiming:
+    """Medians over several streams of one answer: first chunk, whole answer, tokens per second."""
+
+    first_ms: float
+    total_ms: float
+    tokens: int
+    text: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / (self.total_ms / 1000)
+
+
+def _timing(firsts: list[float], totals: list[float], tokens: int, text: str) -> StreamTiming:
+    return StreamTiming(1000 * statistics.median(firsts), 1000 * statistics.median(totals), tokens, text)
+
+
+def bare_streaming(model: Any, question: str, runs: int = 15, threads: int = 1) -> StreamTiming:
+    """``ChatModel.stream`` in this process, on ``threads`` CPU threads (a replica given half a
+    CPU gets one: Ray sets its OMP_NUM_THREADS from num_cpus)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        "".join(model.stream(question))  # warm up
+        firsts, totals = [], []
+        for _ in range(runs):
+            start = time.perf_counter()
+            stream = model.stream(question)
+            text = next(stream)
+            firsts.append(time.perf_counter() - start)
+            text += "".join(stream)
+            totals.append(time.perf_counter() - start)
+        return _timing(firsts, totals, stream.completion_tokens, text)
+    finally:
+        torch.set_num_threads(before)
+
+
+async def http_streaming(url: str, body: dict[str, Any], tokens: int, runs: int = 15) -> StreamTiming:
+    """A streamed HTTP answer (``StreamingResponse``), read chunk by chunk as it arrives."""
+    import aiohttp
+
+    firsts, totals = [], []
+    async with aiohttp.ClientSession() as session:
+        for i in range(runs + 1):  # the first one warms up
+            start = time.perf_counter()
+            async with session.post(url, json=body) as response:
+                response.raise_for_status()
+                chunks = response.content.iter_any()
+                text = (await anext(chunks)).decode()
+                first = time.perf_counter() - start
+                async for chunk in chunks:
+                    text += chunk.decode()
+            if i:
+                firsts.append(first)
+                totals.append(time.perf_counter() - start)
+    return _timing(firsts, totals, tokens, text)
+
+
+async def handle_streaming(handle: Any, question: str, tokens: int, runs: int = 15) -> StreamTiming:
+    """``handle.options(stream=True).stream.remote(question)``: chunks as the replica yields them."""
+    streaming = handle.options(stream=True)
+    firsts, totals = [], []
+    for i in range(runs + 1):  # the first one warms up
+        start = time.perf_counter()
+        chunks = streaming.stream.remote(question)
+        text = await anext(chunks)
+        first = time.perf_counter() - start
+        async for chunk in chunks:
+            text += chunk
+        if i:
+            firsts.append(first)
+            totals.append(time.perf_counter() - start)
+    return _timing(firsts, totals, tokens, text)
+
+
+def longest_answer_question() -> str:
+    """The corpus question with the longest answer (86 tokens of tiny-chat): a stream long
+    enough to measure a pace."""
+    import helpers
+
+    return next(q["question"] for q in helpers.qa_corpus() if q["id"] == "list-serve-actors")
+
+
+def streaming_table(timings: dict[str, StreamTiming]) -> str:
+    """First chunk, whole answer and tokens/s of each way, and each as a share of the first."""
+    bare = next(iter(timings.values()))
+    return format_table(
+        [
+            {
+                "way": way,
+                "first chunk ms": round(t.first_ms, 1),
+                "answer ms": round(t.total_ms, 1),
+                "tokens/s": round(t.tokens_per_s),
+                "of bare": f"{100 * t.tokens_per_s / bare.tokens_per_s:.0f}%",
+                "first chunk +ms": round(t.first_ms - bare.first_ms, 1),
+            }
+            for way, t in timings.items()
+        ]
+    )
+
+
+async def streaming_three_ways(runs: int = 15) -> dict[str, StreamTiming]:
+    """The chatbot of notebook 05 deployed; its longest answer streamed bare, over HTTP and
+    through a handle (each must give the same text)."""
+    from ray import serve
+
+    import helpers
+    from apps import chatbot
+    from apps.chat_core import ChatModel
+
+    serve.run(chatbot.app, name="chat", route_prefix="/chat")
+    question = longest_answer_question()
+    bare = bare_streaming(ChatModel(), question, runs)
+    streams = {
+        "bare, in process": bare,
+        "Serve, HTTP": await http_streaming(
+            "http://127.0.0.1:8000/chat/generate", {"message": question}, bare.tokens, runs
+        ),
+        "Serve, handle": await handle_streaming(
+            serve.get_deployment_handle("Generator", app_name="chat"), question, bare.tokens, runs
+        ),
+    }
+    serve.delete("chat")
+    return streams
+
+
 async def _main() -> None:
     from ray import serve
 
@@ -115,6 +249,9 @@ async def _main() -> None:
         serve.run(perf.hello_app, name="hello", route_prefix="/hello")
         with helpers.serve_locally(perf.plain_fastapi_app(), 8123) as plain_url:
             cost = await per_request_cost(plain_url + "/", "http://127.0.0.1:8000/hello", serve.get_app_handle("hello"))
+        serve.delete("hello")
+
+        streams = await streaming_three_ways()
     finally:
         helpers.stop()
 
@@ -128,6 +265,9 @@ async def _main() -> None:
     print(f"share of the ceiling's gain reached:                            {100 * (gain - 1) / (ceiling - 1):.0f}%")
     print("\nWhat Serve costs per request (median, one client):")
     print(format_table([{"way": way, "ms": round(ms, 3)} for way, ms in cost.items()]))
+
+    print("\nThe chat model's longest answer streamed (medians of 15):")
+    print(streaming_table(streams))
 
     import fastpaths
 

@@ -59,3 +59,25 @@ def test_sleepy_rejects_beyond_its_queue(apps_running, base_url):
     # one request at a time, one waiting: of six clients at once, the rest are refused at once
     assert set(result.statuses) == {200, 503}, result.statuses
     assert result.statuses[503] >= 4
+
+
+def test_streaming_measured_three_ways_gives_the_same_answer(deployed, base_url):
+    from ray import serve
+
+    from apps import chatbot
+    from apps.chat_core import ChatModel
+
+    deployed("chatbot", lambda: chatbot.app)
+    question = bench.longest_answer_question()
+    bare = bench.bare_streaming(ChatModel(), question, runs=3)
+    assert bare.tokens > 50 and 0 < bare.first_ms < bare.total_ms
+    http = asyncio.run(
+        bench.http_streaming(f"{base_url}/chatbot/generate", {"message": question}, bare.tokens, runs=3)
+    )
+    generator = serve.get_deployment_handle("Generator", app_name="chatbot")
+    handle = asyncio.run(bench.handle_streaming(generator, question, bare.tokens, runs=3))
+    # greedy decoding: the same text every way, so the same number of tokens
+    assert http.text == handle.text == bare.text
+    assert 0 < http.first_ms < http.total_ms and 0 < handle.first_ms < handle.total_ms
+    rows = bench.streaming_table({"bare": bare, "HTTP": http, "handle": handle}).splitlines()
+    assert rows[2].split()[-2:] == ["100%", "0.0"], rows  # the first row is the yardstick
