@@ -53,6 +53,29 @@ def test_background_process_tree_stopped_with_ctrl_c(tmp_path):
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
 
 
+def test_ctrl_c_reaches_a_child_started_from_a_background_job(tmp_path):
+    """`make test &` starts pytest with Ctrl-C ignored, and exec would pass that on to
+    `serve run`: the child must still stop on Ctrl-C, as Python does (KeyboardInterrupt)."""
+    code = (
+        "import time\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = start_background([sys.executable, "-c", code], tmp_path / "out.log")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 20
+    while "ready" not in (tmp_path / "out.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stop_process_tree(proc, signal.SIGINT, timeout_s=20) == 0
+    assert "interrupted" in (tmp_path / "out.log").read_text()
+
+
 def test_count_processes():
     assert count_processes(r"^\S*python") >= 1  # this test's own interpreter
     assert count_processes(r"no-such-program-\d{9}") == 0

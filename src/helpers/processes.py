@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,20 @@ from pathlib import Path
 import psutil
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_DEFAULT_SIGINT_THEN_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 def start_background(
     args: Sequence[str], log_file: str | Path, cwd: str | Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start ``args`` in the background, its stdout and stderr going to ``log_file``."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A shell starts background jobs (`make test &`, nohup) with Ctrl-C ignored, and an
+        # ignored signal stays ignored across exec: the child would never see the Ctrl-C of
+        # stop_process_tree. Let it have Ctrl-C back before it starts.
+        args = [sys.executable, "-c", _DEFAULT_SIGINT_THEN_EXEC, *args]
     log = open(log_file, "wb")  # noqa: SIM115 (the child keeps writing to it)
     return subprocess.Popen(
         list(args),
