@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,8 +99,7 @@ async def _measure(duration_s: float) -> dict:
         t = time.perf_counter()
         await handle.call.remote()
         times.append(time.perf_counter() - t)
-    times.sort()
-    report = {"start_s": start_s, "clients": rows, "handle_p50_ms": 1000 * times[len(times) // 2],
+    report = {"start_s": start_s, "clients": rows, "handle_p50_ms": 1000 * statistics.median(times),
               "all_interfaces": listening_on_all_interfaces()}
     helpers.stop()
     return report
@@ -107,15 +107,16 @@ async def _measure(duration_s: float) -> dict:
 
 def measure(mode: str, duration_s: float = 2.0, timeout_s: float = 240) -> dict:
     """Run one mode in a child process in a network namespace of its own; its report."""
-    env = {**os.environ, **MODES[mode], "HOME": tempfile.mkdtemp(prefix="fastpaths-home-")}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
-    for flag in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"):
-        if flag not in MODES[mode]:
-            env.pop(flag, None)
-    done = subprocess.run(
-        ["unshare", "-rn", sys.executable, "-m", "fastpaths", "--child", str(duration_s)],
-        env=env, capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).parent,
-    )
+    with tempfile.TemporaryDirectory(prefix="fastpaths-home-") as home:  # a fresh HOME: its own token
+        env = {**os.environ, **MODES[mode], "HOME": home}
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+        for flag in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"):
+            if flag not in MODES[mode]:
+                env.pop(flag, None)
+        done = subprocess.run(
+            ["unshare", "-rn", sys.executable, "-m", "fastpaths", "--child", str(duration_s)],
+            env=env, capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).parent,
+        )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"mode {mode!r} failed ({done.returncode}):\n{done.stderr[-3000:]}")

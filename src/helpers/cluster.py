@@ -123,7 +123,7 @@ def show_ray_deprecations() -> None:
 
     A ``DeprecationWarning`` names an option the reader should stop using, so it must be
     seen; Python shows them only for code in ``__main__`` unless asked, and Ray raises them
-    from its own modules (e.g. ``autoscaling_config.metrics_interval_s``). The exceptions are
+    from its own modules (e.g. for a deprecated ``autoscaling_config`` field). The exceptions are
     warnings about Ray's own code that no notebook can act on:
 
     * Ray 2.60's pydantic models pass extra keywords to ``Field``, which pydantic 2
