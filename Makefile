@@ -67,7 +67,7 @@ test-checkpoint: $(BIN)/.installed
 notebooks: $(BIN)/.installed
 	$(call timed,$(call alone,$(CURDIR)/$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600))
 
-## bench: the batching and per-request-cost measurements of notebook 06, as tables
+## bench: the measurements of notebook 06 (batching, per-request cost, streaming, fast paths), as tables
 bench: $(BIN)/.installed
 	cd notebooks && ../$(BIN)/python -m bench
 

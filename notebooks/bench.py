@@ -103,10 +103,13 @@ async def per_request_cost(plain_url: str, serve_url: str, handle: Any, n: int =
 
 @dataclass
 class StreamTiming:
-    """Medians over several streams of one answer: first chunk, whole answer, tokens per second."""
+    """Medians over several streams of one answer: first chunk, whole answer, the rest after
+    the first chunk (each run's own difference), and the number of chunks."""
 
     first_ms: float
     total_ms: float
+    after_first_ms: float
+    chunks: int
     tokens: int
     text: str
 
@@ -115,11 +118,34 @@ class StreamTiming:
         return self.tokens / (self.total_ms / 1000)
 
 
-def _timing(firsts: list[float], totals: list[float], tokens: int, text: str) -> StreamTiming:
-    return StreamTiming(1000 * statistics.median(firsts), 1000 * statistics.median(totals), tokens, text)
+class _Runs:
+    """Collects each run's first-chunk time, total time and chunk count."""
+
+    def __init__(self) -> None:
+        self.firsts: list[float] = []
+        self.totals: list[float] = []
+        self.chunks: list[int] = []
+
+    def add(self, first: float, total: float, chunks: int) -> None:
+        self.firsts.append(first)
+        self.totals.append(total)
+        self.chunks.append(chunks)
+
+    def timing(self, tokens: int, text: str) -> StreamTiming:
+        after = [total - first for first, total in zip(self.firsts, self.totals)]
+        return StreamTiming(
+            1000 * statistics.median(self.firsts),
+            1000 * statistics.median(self.totals),
+            1000 * statistics.median(after),
+            round(statistics.median(self.chunks)),
+            tokens,
+            text,
+        )
 
 
-def bare_streaming(model: Any, question: str, runs: int = 15, threads: int = 1) -> StreamTiming:
+def bare_streaming(
+    model: Any, question: str, runs: int = 15, threads: int = 1, chunk_interval_s: float = 0.0
+) -> StreamTiming:
     """``ChatModel.stream`` in this process, on ``threads`` CPU threads (a replica given half a
     CPU gets one: Ray sets its OMP_NUM_THREADS from num_cpus)."""
     import torch
@@ -127,16 +153,16 @@ def bare_streaming(model: Any, question: str, runs: int = 15, threads: int = 1) 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        "".join(model.stream(question))  # warm up
-        firsts, totals = [], []
+        "".join(model.stream(question, chunk_interval_s=chunk_interval_s))  # warm up
+        measured = _Runs()
         for _ in range(runs):
             start = time.perf_counter()
-            stream = model.stream(question)
-            text = next(stream)
-            firsts.append(time.perf_counter() - start)
-            text += "".join(stream)
-            totals.append(time.perf_counter() - start)
-        return _timing(firsts, totals, stream.completion_tokens, text)
+            stream = model.stream(question, chunk_interval_s=chunk_interval_s)
+            chunks = [next(stream)]
+            first = time.perf_counter() - start
+            chunks += list(stream)
+            measured.add(first, time.perf_counter() - start, len(chunks))
+        return measured.timing(stream.completion_tokens, "".join(chunks))
     finally:
         torch.set_num_threads(before)
 
@@ -145,38 +171,34 @@ async def http_streaming(url: str, body: dict[str, Any], tokens: int, runs: int 
     """A streamed HTTP answer (``StreamingResponse``), read chunk by chunk as it arrives."""
     import aiohttp
 
-    firsts, totals = [], []
+    measured = _Runs()
     async with aiohttp.ClientSession() as session:
         for i in range(runs + 1):  # the first one warms up
             start = time.perf_counter()
             async with session.post(url, json=body) as response:
                 response.raise_for_status()
-                chunks = response.content.iter_any()
-                text = (await anext(chunks)).decode()
+                pieces = response.content.iter_any()
+                chunks = [(await anext(pieces)).decode()]
                 first = time.perf_counter() - start
-                async for chunk in chunks:
-                    text += chunk.decode()
+                chunks += [piece.decode() async for piece in pieces]
             if i:
-                firsts.append(first)
-                totals.append(time.perf_counter() - start)
-    return _timing(firsts, totals, tokens, text)
+                measured.add(first, time.perf_counter() - start, len(chunks))
+    return measured.timing(tokens, "".join(chunks))
 
 
 async def handle_streaming(handle: Any, question: str, tokens: int, runs: int = 15) -> StreamTiming:
     """``handle.options(stream=True).stream.remote(question)``: chunks as the replica yields them."""
     streaming = handle.options(stream=True)
-    firsts, totals = [], []
+    measured = _Runs()
     for i in range(runs + 1):  # the first one warms up
         start = time.perf_counter()
-        chunks = streaming.stream.remote(question)
-        text = await anext(chunks)
+        stream = streaming.stream.remote(question)
+        chunks = [await anext(stream)]
         first = time.perf_counter() - start
-        async for chunk in chunks:
-            text += chunk
+        chunks += [chunk async for chunk in stream]
         if i:
-            firsts.append(first)
-            totals.append(time.perf_counter() - start)
-    return _timing(firsts, totals, tokens, text)
+            measured.add(first, time.perf_counter() - start, len(chunks))
+    return measured.timing(tokens, "".join(chunks))
 
 
 def longest_answer_question() -> str:
@@ -187,47 +209,63 @@ def longest_answer_question() -> str:
     return next(q["question"] for q in helpers.qa_corpus() if q["id"] == "list-serve-actors")
 
 
-def streaming_table(timings: dict[str, StreamTiming]) -> str:
-    """First chunk, whole answer and tokens/s of each way, and each as a share of the first."""
-    bare = next(iter(timings.values()))
-    return format_table(
-        [
-            {
-                "way": way,
-                "first chunk ms": round(t.first_ms, 1),
-                "answer ms": round(t.total_ms, 1),
-                "tokens/s": round(t.tokens_per_s),
-                "of bare": f"{100 * t.tokens_per_s / bare.tokens_per_s:.0f}%",
-                "first chunk +ms": round(t.first_ms - bare.first_ms, 1),
-            }
-            for way, t in timings.items()
-        ]
-    )
+def interval_name(chunk_interval_s: float) -> str:
+    return f"{1000 * chunk_interval_s:.0f} ms" if chunk_interval_s > 0 else "word"
 
 
-async def streaming_three_ways(runs: int = 15) -> dict[str, StreamTiming]:
-    """The chatbot of notebook 05 deployed; its longest answer streamed bare, over HTTP and
-    through a handle (each must give the same text)."""
+def streaming_table(timings: dict[float, dict[str, StreamTiming]]) -> str:
+    """For each chunk interval, each way's first chunk, answer time, tokens/s and chunks, as a
+    share of bare streaming with the same interval (its first row): tokens/s over the whole
+    answer, pace after the first chunk, and what the first chunk costs on top."""
+    rows = []
+    for interval, ways in timings.items():
+        bare = next(iter(ways.values()))
+        for way, t in ways.items():
+            rows.append(
+                {
+                    "a chunk per": interval_name(interval),
+                    "way": way,
+                    "chunks": t.chunks,
+                    "first chunk ms": round(t.first_ms, 1),
+                    "answer ms": round(t.total_ms, 1),
+                    "tokens/s": round(t.tokens_per_s),
+                    "of bare": f"{100 * t.tokens_per_s / bare.tokens_per_s:.0f}%",
+                    "pace of bare": f"{100 * bare.after_first_ms / t.after_first_ms:.0f}%",
+                    "first chunk +ms": round(t.first_ms - bare.first_ms, 1),
+                }
+            )
+    return format_table(rows)
+
+
+async def streaming_three_ways(
+    runs: int = 15, chunk_intervals: tuple[float, ...] = (0.0, 0.02)
+) -> dict[float, dict[str, StreamTiming]]:
+    """The chatbot of notebook 05 (its model on one replica), for each chunk interval: its
+    longest answer streamed bare, over HTTP and through a handle (each gives the same text)."""
     from ray import serve
 
-    import helpers
     from apps import chatbot
     from apps.chat_core import ChatModel
+    from apps.llm import Generator
 
-    serve.run(chatbot.app, name="chat", route_prefix="/chat")
+    model = ChatModel()
     question = longest_answer_question()
-    bare = bare_streaming(ChatModel(), question, runs)
-    streams = {
-        "bare, in process": bare,
-        "Serve, HTTP": await http_streaming(
-            "http://127.0.0.1:8000/chat/generate", {"message": question}, bare.tokens, runs
-        ),
-        "Serve, handle": await handle_streaming(
-            serve.get_deployment_handle("Generator", app_name="chat"), question, bare.tokens, runs
-        ),
-    }
-    serve.delete("chat")
-    return streams
+    timings: dict[float, dict[str, StreamTiming]] = {}
+    for interval in chunk_intervals:
+        generator = Generator.options(num_replicas=1).bind(chunk_interval_s=interval)
+        serve.run(chatbot.ChatUI.bind(generator), name="chat", route_prefix="/chat")
+        bare = bare_streaming(model, question, runs, chunk_interval_s=interval)
+        timings[interval] = {
+            "bare, in process": bare,
+            "Serve, HTTP": await http_streaming(
+                "http://127.0.0.1:8000/chat/generate", {"message": question}, bare.tokens, runs
+            ),
+            "Serve, handle": await handle_streaming(
+                serve.get_deployment_handle("Generator", app_name="chat"), question, bare.tokens, runs
+            ),
+        }
+        serve.delete("chat")
+    return timings
 
 
 async def _main() -> None:
@@ -266,7 +304,8 @@ async def _main() -> None:
     print("\nWhat Serve costs per request (median, one client):")
     print(format_table([{"way": way, "ms": round(ms, 3)} for way, ms in cost.items()]))
 
-    print("\nThe chat model's longest answer streamed (medians of 15):")
+    print("\nThe chat model's longest answer streamed, a chunk per word and at most one each 20 ms")
+    print("(medians of 15; each way against bare streaming with the same chunks):")
     print(streaming_table(streams))
 
     import fastpaths

@@ -61,23 +61,29 @@ def test_sleepy_rejects_beyond_its_queue(apps_running, base_url):
     assert result.statuses[503] >= 4
 
 
-def test_streaming_measured_three_ways_gives_the_same_answer(deployed, base_url):
+def test_streaming_measured_three_ways_gives_the_same_answer_in_fewer_chunks_when_joined(deployed):
     from ray import serve
 
     from apps import chatbot
     from apps.chat_core import ChatModel
+    from apps.llm import Generator
 
-    deployed("chatbot", lambda: chatbot.app)
-    question = bench.longest_answer_question()
-    bare = bench.bare_streaming(ChatModel(), question, runs=3)
-    assert bare.tokens > 50 and 0 < bare.first_ms < bare.total_ms
-    http = asyncio.run(
-        bench.http_streaming(f"{base_url}/chatbot/generate", {"message": question}, bare.tokens, runs=3)
+    url = deployed(
+        "joined", lambda: chatbot.ChatUI.bind(Generator.options(num_replicas=1).bind(chunk_interval_s=0.05))
     )
-    generator = serve.get_deployment_handle("Generator", app_name="chatbot")
+    model, question = ChatModel(), bench.longest_answer_question()
+    words = bench.bare_streaming(model, question, runs=3)
+    bare = bench.bare_streaming(model, question, runs=3, chunk_interval_s=0.05)
+    assert bare.tokens > 50 and 0 < bare.first_ms < bare.total_ms
+    http = asyncio.run(bench.http_streaming(f"{url}/generate", {"message": question}, bare.tokens, runs=3))
+    generator = serve.get_deployment_handle("Generator", app_name="joined")
     handle = asyncio.run(bench.handle_streaming(generator, question, bare.tokens, runs=3))
     # greedy decoding: the same text every way, so the same number of tokens
-    assert http.text == handle.text == bare.text
+    assert http.text == handle.text == bare.text == words.text
     assert 0 < http.first_ms < http.total_ms and 0 < handle.first_ms < handle.total_ms
-    rows = bench.streaming_table({"bare": bare, "HTTP": http, "handle": handle}).splitlines()
-    assert rows[2].split()[-2:] == ["100%", "0.0"], rows  # the first row is the yardstick
+    # a chunk per word, against at most one each 50 ms (the first at once, the rest at the end)
+    assert words.chunks > 20 and 2 <= handle.chunks < words.chunks / 2 and http.chunks < words.chunks / 2
+    rows = bench.streaming_table({0.0: {"bare": words}, 0.05: {"bare": bare, "handle": handle}}).splitlines()
+    # each interval's first row is its yardstick: 100% of itself, no extra time to the first chunk
+    assert rows[2].split()[-3:] == rows[3].split()[-3:] == ["100%", "100%", "0.0"], rows
+    assert rows[2].startswith("word") and rows[4].startswith("50 ms"), rows

@@ -158,6 +158,28 @@ def test_astream_yields_the_same_chunks(model):
     assert asyncio.run(collect()) == list(model.stream(QA[3]["question"]))
 
 
+def test_a_chunk_interval_joins_words_into_fewer_chunks_of_the_same_text(model):
+    question = QA[3]["question"]
+    words = list(model.stream(question))
+    # a whole minute: the first word comes at once, the rest together at the end
+    assert list(model.stream(question, chunk_interval_s=60)) == [words[0], "".join(words[1:])]
+
+    async def collect():
+        return [chunk async for chunk in model.astream(question, chunk_interval_s=60)]
+
+    assert asyncio.run(collect()) == [words[0], "".join(words[1:])]
+    assert list(model.stream(question, chunk_interval_s=0)) == words
+
+
+def test_a_joined_stream_still_raises_the_generation_error(model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the accelerator fell over")
+
+    monkeypatch.setattr(model, "run_generate", broken)
+    with pytest.raises(GenerationError, match="fell over"):
+        list(model.stream(QA[3]["question"], chunk_interval_s=60))
+
+
 def generation_threads() -> set[threading.Thread]:
     return {thread for thread in threading.enumerate() if thread.name == "generate"}
 

@@ -20,7 +20,9 @@ servicer function. ``user_config: {max_new_tokens: N}`` in a config file sets th
 answer length, applied in place by ``reconfigure``.
 
 The model is ``assets/tiny-chat`` unless ``SERVE_CHAT_MODEL`` names another local checkpoint
-folder, or the application is built with ``LLM.bind(model_path=...)``. To use this module in
+folder, or the application is built with ``LLM.bind(model_path=...)``.
+``LLM.bind(chunk_interval_s=0.02)`` streams at most one chunk each 20 ms, joining the words
+that come faster (notebook 06 measures why a fast model gains from it). To use this module in
 a project of your own, copy it with ``chat_core.py``, ``accelerator.py``, ``validation.py`` and
 ``protos/chat.proto``, and generate the gRPC code there for your layout::
 
@@ -88,9 +90,12 @@ class Answer(BaseModel):
 class ChatMethods:
     """What both chat deployments below do: load the model once per replica, answer handles."""
 
-    def __init__(self, model_path: str | None = None) -> None:
+    def __init__(self, model_path: str | None = None, chunk_interval_s: float = 0.0) -> None:
         # Once per replica: load the model onto this replica's device.
         self.model = ChatModel(model_path)
+        # 0: a chunk per word. A fast model gains from joining words (e.g. 0.02: at most 50
+        # chunks a second), since each chunk costs the replica the same CPU however short.
+        self.chunk_interval_s = chunk_interval_s
 
     async def chat(self, prompt: Any, max_new_tokens: int | None = None) -> str:
         """The whole answer to a message or a conversation."""
@@ -108,7 +113,11 @@ class ChatMethods:
     ) -> AsyncIterator[str]:
         """The answer in chunks as the model writes them: call with ``handle.options(stream=True)``."""
         chunks = self.model.astream(
-            prompt, max_new_tokens=max_new_tokens, temperature=temperature, trim_history=trim_history
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            trim_history=trim_history,
+            chunk_interval_s=self.chunk_interval_s,
         )
         try:
             async for chunk in chunks:
