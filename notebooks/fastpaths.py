@@ -73,15 +73,19 @@ def listening_on_all_interfaces() -> list[int]:
 
 
 async def _measure(duration_s: float) -> dict:
-    """In the child: start Ray and Serve, deploy the no-op app, load it, report as JSON."""
+    """In the child: the embedding model's own batching gain, then Ray and Serve: the no-op app
+    and the embedding service under load; a report as JSON."""
     import time
 
     from ray import serve
 
+    import bench
     import helpers
-    from apps import perf
+    from apps import embed_service, perf
     from helpers.load import run_load
 
+    # The embedding model's own batching gain, in this process before Ray starts: the ceiling.
+    single_ms, batch_ms = bench.model_batching_gain(embed_service.THREADS)
     t0 = time.perf_counter()
     helpers.start()
     serve.run(perf.hello_app, name="hello", route_prefix="/hello")
@@ -99,7 +103,19 @@ async def _measure(duration_s: float) -> dict:
         t = time.perf_counter()
         await handle.call.remote()
         times.append(time.perf_counter() - t)
+    serve.delete("hello")
+
+    # The embedding service of section 1, unbatched and batched, at 32 clients.
+    serve.run(embed_service.unbatched, name="unbatched", route_prefix="/unbatched")
+    serve.run(embed_service.batched, name="batched", route_prefix="/batched")
+    urls = {name: f"http://127.0.0.1:8000/{name}" for name in ("unbatched", "batched")}
+    for url in urls.values():  # routed once a GET gets the POST-only route's 405
+        helpers.wait_for_http(url, timeout_s=60, status=405)
+    embedding = await bench.services_under_load(urls, clients=(32,), duration_s=duration_s, warmup_s=0.5)
     report = {"start_s": start_s, "clients": rows, "handle_p50_ms": 1000 * statistics.median(times),
+              "embedding_rps": {name: embedding[name, 32].throughput for name in urls},
+              "embedding_errors": sum(r.requests - r.statuses.get(200, 0) for r in embedding.values()),
+              "model_ms": {"single": single_ms, "batch": batch_ms},
               "all_interfaces": listening_on_all_interfaces()}
     helpers.stop()
     return report
@@ -127,7 +143,19 @@ def measure_all(duration_s: float = 2.0) -> dict[str, dict]:
     return {mode: measure(mode, duration_s) for mode in MODES}
 
 
+def ceiling(report: dict) -> float:
+    """The model's own batching gain, in process: per text alone / per text in a batch of 32."""
+    return report["model_ms"]["single"] / report["model_ms"]["batch"]
+
+
+def batching_share(report: dict) -> float:
+    """The share of the model's own batching gain that the service reached at 32 clients."""
+    rps = report["embedding_rps"]
+    return (rps["batched"] / rps["unbatched"] - 1) / (ceiling(report) - 1)
+
+
 def table(reports: dict[str, dict]) -> str:
+    """The no-op app: requests/s and latency at 1 and 16 clients, a handle, start-up, ports."""
     rows = []
     for mode, r in reports.items():
         one, many = r["clients"]["1"], r["clients"]["16"]
@@ -140,6 +168,22 @@ def table(reports: dict[str, dict]) -> str:
     return "\n".join([head, *rows])
 
 
+def batching_table(reports: dict[str, dict]) -> str:
+    """The embedding service at 32 clients: texts/s unbatched and batched, the batched one as a
+    share of the model's own rate in batches of 32, and the share of the model's gain reached."""
+    rows = []
+    for mode, r in reports.items():
+        rps, model_rate = r["embedding_rps"], 1000 / r["model_ms"]["batch"]
+        rows.append(
+            f"{mode:<21} {rps['unbatched']:10.0f} {rps['batched']:8.0f} {model_rate:12.0f}"
+            f" {100 * rps['batched'] / model_rate:13.0f}% {rps['batched'] / rps['unbatched']:7.2f}x"
+            f" {ceiling(r):7.2f}x {100 * batching_share(r):9.0f}%"
+        )
+    head = (f"{'mode':<21} {'unbatched':>10} {'batched':>8} {'model alone':>12} {'of the model':>14}"
+            f" {'gain':>8} {'ceiling':>8} {'of ceiling':>10}")
+    return "\n".join([head, *rows])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         _loopback_up()
@@ -147,4 +191,7 @@ if __name__ == "__main__":
     else:
         if not namespaces_available():
             sys.exit("this machine does not allow `unshare -rn` (unprivileged network namespaces)")
-        print(table(measure_all()))
+        reports = measure_all()
+        print(table(reports))
+        print("\nThe embedding service at 32 clients (texts/s):")
+        print(batching_table(reports))

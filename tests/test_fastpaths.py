@@ -24,6 +24,10 @@ def test_modes_set_only_their_flags():
 def test_haproxy_mode_serves_in_its_own_namespace():
     report = fastpaths.measure("HAProxy", duration_s=0.5)
     assert all(c["errors"] == 0 and c["rps"] > 0 for c in report["clients"].values()), report
+    # the embedding service too, behind HAProxy, and the model's own batching gain beside it
+    assert report["embedding_errors"] == 0 and min(report["embedding_rps"].values()) > 0, report
+    assert fastpaths.ceiling(report) > 1.5, report
+    assert fastpaths.batching_table({"HAProxy": report}).splitlines()[1].startswith("HAProxy")
     # HAProxy's stats and metrics bind every interface: inside the namespace, and only there
     assert {8404, 9101} <= set(report["all_interfaces"])
     assert not {8404, 9101} & set(fastpaths.listening_on_all_interfaces())
