@@ -10,11 +10,12 @@ import socket
 import time
 import warnings
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from helpers.load import LoadResult, Sample, format_table, run, run_load, run_ramp
+from helpers.load import LoadResult, Sample, format_table, run, run_load, run_locust
 
 
 class Server:
@@ -24,6 +25,7 @@ class Server:
         self.delay_s = delay_s  # how long each answer takes
         self.fail_every = fail_every  # answer every n-th request with 503 (0: never)
         self.slow_until = 0.0  # before this time.perf_counter(), answer in 100 ms instead
+        self.retry_after: str | None = None  # the Retry-After header of a 503
         self.received = 0
         self.in_flight = 0
         self.bodies: list[bytes] = []
@@ -40,7 +42,8 @@ class Server:
         finally:
             self.in_flight -= 1
         if self.fail_every and n % self.fail_every == 0:
-            return web.Response(status=503, text="busy")
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return web.Response(status=503, text="busy", headers=headers)
         return web.json_response({"n": n})
 
 
@@ -157,79 +160,62 @@ def test_warmup_requests_are_left_out():
     assert max(cold.latencies_s) >= 0.1  # without a warm-up the slow answers are counted
 
 
-def test_ramp_changes_clients_by_stage_and_samples():
+# -- shaped load with Locust, in a process of its own ---------------------------------------------
+
+LOCUSTFILE = Path(__file__).parents[1] / "notebooks" / "locustfile.py"
+
+
+def test_locust_runs_the_stages_while_the_sampler_samples():
     async def main():
         async with serving(delay_s=0.02) as server:
 
             async def in_flight():
                 return server.in_flight
 
-            ramp = await run_ramp(
-                server.url, [(0.6, 1), (0.6, 4), (0.6, 1)], sample_every_s=0.1, sampler=in_flight
-            )
-            return ramp, server.received
+            run = await run_locust(LOCUSTFILE, server.url, [(1.5, 1), (2, 4), (1, 1)], sampler=in_flight)
+            return run, server.received
 
-    ramp, received = asyncio.run(main())
-    assert len(ramp.records) == received  # every request sent got its answer recorded
-    assert [round(s, 1) for s in ramp.stage_starts] == [0.0, 0.6, 1.2]
-    assert 1.75 < ramp.ended_at <= ramp.duration_s < 1.9
-
-    assert 15 <= len(ramp.samples) <= 20
-    assert all(isinstance(s, Sample) for s in ramp.samples)
-    for t, clients, value in ramp.samples:
-        if 0.05 < t < 0.55 or 1.25 < t < 1.75:
-            assert clients == 1 and value <= 1
-        elif 0.65 < t < 1.15:
-            assert clients == 4 and value <= 4
-    middle = [v for t, c, v in ramp.samples if 0.65 < t < 1.15]
-    assert max(middle) >= 2
-
-    first, second, third = ramp.per_stage()
-    assert [r.clients for r in (first, second, third)] == [1, 4, 1]
-    assert second.requests > 2.5 * max(first.requests, third.requests)
-    assert all(0.55 < r.duration_s < 0.65 for r in (first, second, third))
-    assert {r.stage for r in ramp.records} == {0, 1, 2}
-    rows = ramp.rows()
-    assert [row["stage"] for row in rows] == [0, 1, 2] and rows[1]["clients"] == 4
-    assert str(ramp).splitlines()[0].split()[:3] == ["stage", "seconds", "clients"]
+    run, received = asyncio.run(main())
+    assert run.totals["failures"] == 0 and run.totals["requests"] > 50
+    # users stopped at the end may leave a request or two unrecorded, never more than there were users
+    assert 0 <= received - run.totals["requests"] <= 4
+    assert 15 <= run.totals["p50_ms"] < 100
+    assert {1, 4} <= {row["users"] for row in run.history}
+    assert all(isinstance(s, Sample) for s in run.samples)
+    assert [s.clients for s in run.samples if s.t < 1.4] == [1, 1, 1]  # planned: 1 user
+    assert max(s.value for s in run.samples if 2 < s.t < 3.5) >= 2  # the 4 users at work
+    assert all(s.value <= 4 for s in run.samples)
 
 
-def test_ramp_with_a_plain_sampler_and_a_stage_without_clients():
-    calls = []
-
-    def sampler():  # a plain function runs in a thread
-        calls.append(time.perf_counter())
-        return len(calls)
-
+def test_locust_users_post_the_body_and_wait_as_long_as_retry_after_says():
     async def main():
-        async with serving(delay_s=0.01) as server:
-            return await run_ramp(
-                server.url, [(0.3, 2), (0.3, 0)], sample_every_s=0.1, sampler=sampler, method="GET"
-            ), server.received
+        async with serving(delay_s=0.01, fail_every=1) as server:  # every answer: 503
+            server.retry_after = "0.5"
+            run = await run_locust(LOCUSTFILE, server.url, [(2, 2)], method="POST", json_body={"text": "hi"})
+            return run, server
 
-    ramp, received = asyncio.run(main())
-    assert len(ramp.records) == received
-    busy, idle = ramp.per_stage()
-    assert busy.requests > 20 and idle.requests == 0 and math.isnan(idle.p50)
-    assert [s.value for s in ramp.samples] == list(range(1, len(calls) + 1))
-    assert {s.clients for s in ramp.samples if s.t > 0.35} == {0}
+    run, server = asyncio.run(main())
+    # 2 users, 2 s, half a second between tries: about 8 requests, not hundreds
+    assert 2 <= run.totals["requests"] <= 12 and run.totals["failures"] == run.totals["requests"]
+    assert set(server.bodies) == {b'{"text": "hi"}'}
+    assert "busy, retry after 0.5 s" in run.output
 
 
-def test_ramp_raises_the_samplers_exception_and_stops_its_clients():
+def test_locust_stops_when_the_sampler_fails():
     def sampler():
         raise LookupError("no replicas")
 
     async def main():
         async with serving(delay_s=0.01) as server:
             with pytest.raises(LookupError, match="no replicas"):
-                await run_ramp(server.url, [(5, 2)], sampler=sampler)
+                await run_locust(LOCUSTFILE, server.url, [(30, 2)], sampler=sampler)
             sent = server.received
-            await asyncio.sleep(0.05)
-            assert server.received == sent  # no client left running
+            await asyncio.sleep(0.3)
+            assert server.received == sent  # Locust is gone
 
     started = time.perf_counter()
     asyncio.run(main())
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 10
 
 
 def test_bad_arguments_are_refused():
@@ -237,8 +223,12 @@ def test_bad_arguments_are_refused():
         run(run_load("http://127.0.0.1:9/", clients=1))
     with pytest.raises(ValueError, match="http"):
         run(run_load("127.0.0.1:9", clients=1, duration_s=1))
-    with pytest.raises(TypeError, match="clients"):
-        run(run_ramp("http://127.0.0.1:9/", [(1, 1)], clients=3))
+    with pytest.raises(ValueError, match="stages"):
+        run(run_locust(LOCUSTFILE, "http://127.0.0.1:9/", []))
+    with pytest.raises(ValueError, match="stages"):
+        run(run_locust(LOCUSTFILE, "http://127.0.0.1:9/", [(0, 1)]))
+    with pytest.raises(ValueError, match="http"):
+        run(run_locust(LOCUSTFILE, "127.0.0.1:9", [(1, 1)]))
 
 
 def test_run_runs_a_coroutine_and_refuses_inside_a_running_loop():

@@ -14,18 +14,25 @@ From plain Python (a script, ``make bench``) wrap them in :func:`run`::
 
     result = run(run_load(url, clients=8, requests_per_client=100))
 
-:func:`run_ramp` changes the number of clients in stages (for an autoscaling demo) and
-samples a value, such as the number of replicas, while it runs::
+For shaped load (users that come and go in stages, as in an autoscaling demo) this module
+does not grow its own: :func:`run_locust` runs Locust headless in a process of its own on
+``notebooks/locustfile.py``, samples a value (the number of replicas) meanwhile, and reads
+Locust's statistics from the CSV files it writes::
 
-    ramp = await run_ramp(url, [(20, 1), (40, 16), (30, 1)], sampler=count_replicas)
-    print(ramp)                       # a table: one row per stage
+    ramp = await run_locust("locustfile.py", url, [(20, 1), (40, 16), (30, 1)], sampler=count_replicas)
+    ramp.history                      # one row a second: users, requests/s, failures/s, p50, p99
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import inspect
+import json
 import math
+import os
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -45,14 +52,13 @@ class Record(NamedTuple):
     t: float  # seconds since the run started, when the request was sent
     latency_s: float  # until the whole answer was read (or the error happened)
     status: int  # HTTP status, or 0 when no answer came (refused, reset, timed out)
-    stage: int = 0  # run_ramp: the stage during which the request was sent
 
 
 class Sample(NamedTuple):
-    """One call of run_ramp's ``sampler``; unpacks as ``(t, clients, value)``."""
+    """One call of run_locust's ``sampler``; unpacks as ``(t, clients, value)``."""
 
-    t: float  # seconds since the ramp started, when the sampler was called
-    clients: int  # clients running at that moment
+    t: float  # seconds since Locust was started, when the sampler was called
+    clients: int  # the users the stages ask for at that moment
     value: Any  # what the sampler returned (None without a sampler)
 
 
@@ -164,7 +170,7 @@ class _Sender:
         self.t0 = t0
         self.sent = 0  # numbers the requests for body_factory
 
-    async def send(self, stage: int = 0) -> Record:
+    async def send(self) -> Record:
         kwargs: dict[str, Any] = {}
         if self.body_factory is not None:
             body = self.body_factory(self.sent)
@@ -182,7 +188,7 @@ class _Sender:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             status = 0
         end = time.perf_counter()
-        return Record(start - self.t0, end - start, status, stage)
+        return Record(start - self.t0, end - start, status)
 
 
 def _check_url(url: str) -> None:
@@ -274,44 +280,6 @@ async def run_load(
     return _summarize(measured, clients, max(ended - measure_from, 0.0), len(warmup))
 
 
-@dataclass(frozen=True)
-class RampResult:
-    """What :func:`run_ramp` saw. Times are seconds since the ramp started."""
-
-    stages: tuple[tuple[float, int], ...]  # as asked: (seconds, clients)
-    stage_starts: tuple[float, ...]  # when each stage actually started
-    ended_at: float  # when the last stage ended (clients stopped sending)
-    duration_s: float  # until the last answer arrived
-    records: tuple[Record, ...] = field(repr=False)  # every request, Record.stage set
-    samples: tuple[Sample, ...] = field(repr=False)
-
-    def per_stage(self) -> list[LoadResult]:
-        """One :class:`LoadResult` per stage, of the requests sent during it.
-
-        A stage's ``duration_s`` is its measured length, from its start to the next one's.
-        """
-        ends = self.stage_starts[1:] + (self.ended_at,)
-        by_stage: list[list[Record]] = [[] for _ in self.stages]
-        for r in self.records:
-            by_stage[r.stage].append(r)
-        return [
-            _summarize(records, clients, end - start)
-            for records, (_, clients), start, end in zip(
-                by_stage, self.stages, self.stage_starts, ends
-            )
-        ]
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One :meth:`LoadResult.row` per stage, with the stage's number and length."""
-        return [
-            {"stage": i, "seconds": seconds, **result.row()}
-            for i, ((seconds, _), result) in enumerate(zip(self.stages, self.per_stage()))
-        ]
-
-    def __str__(self) -> str:
-        return format_table(self.rows())
-
-
 async def _call_sampler(sampler: Callable[[], Awaitable[Any] | Any]) -> Any:
     """Await an async sampler; run a plain one in a thread so that it cannot stall the clients."""
     if inspect.iscoroutinefunction(sampler) or inspect.iscoroutinefunction(
@@ -324,135 +292,120 @@ async def _call_sampler(sampler: Callable[[], Awaitable[Any] | Any]) -> Any:
     return value
 
 
-async def run_ramp(
+@dataclass(frozen=True)
+class LocustRun:
+    """What :func:`run_locust` saw. Times are seconds since Locust was started."""
+
+    history: tuple[dict[str, float], ...]  # one row a second: t, users, rps, failures_per_s, p50_ms, p99_ms
+    totals: dict[str, float]  # requests, failures, rps, p50_ms, p99_ms over the whole run
+    samples: tuple[Sample, ...]  # the sampler's values; clients: the users planned at that time
+    output: str = field(repr=False)  # what Locust printed (its summary)
+
+
+def _planned_users(stages: Sequence[tuple[float, int]], t: float) -> int:
+    end = 0.0
+    for seconds, users in stages:
+        end += seconds
+        if t < end:
+            return users
+    return 0
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # "N/A" before the first answer
+        return math.nan
+
+
+def _read_locust_csv(prefix: str, t0: float) -> tuple[tuple[dict[str, float], ...], dict[str, float]]:
+    with open(f"{prefix}_stats_history.csv", newline="") as f:
+        history = tuple(
+            {
+                "t": float(row["Timestamp"]) - t0,
+                "users": int(row["User Count"]),
+                "rps": _number(row["Requests/s"]),
+                "failures_per_s": _number(row["Failures/s"]),
+                "p50_ms": _number(row["50%"]),
+                "p99_ms": _number(row["99%"]),
+            }
+            for row in csv.DictReader(f)
+            if row["Name"] == "Aggregated"
+        )
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
+    totals = {
+        "requests": int(total["Request Count"]),
+        "failures": int(total["Failure Count"]),
+        "rps": _number(total["Requests/s"]),
+        "p50_ms": _number(total["50%"]),
+        "p99_ms": _number(total["99%"]),
+    }
+    return history, totals
+
+
+async def run_locust(
+    locustfile: str | os.PathLike[str],
     url: str,
     stages: Sequence[tuple[float, int]],
     *,
-    sample_every_s: float = 0.5,
+    method: str = "GET",
+    json_body: Any = None,
     sampler: Callable[[], Awaitable[Any] | Any] | None = None,
-    **kwargs: Any,
-) -> RampResult:
-    """Run closed-loop clients whose number changes in stages, and sample a value meanwhile.
+    sample_every_s: float = 0.5,
+) -> LocustRun:
+    """Run Locust headless on ``locustfile`` (``notebooks/locustfile.py``) in a process of its
+    own, with ``stages`` of ``(seconds, users)``, and sample a value meanwhile.
 
-    Args:
-        url: the http(s) URL every request goes to.
-        stages: ``(seconds, clients)`` pairs, run one after the other. At a stage boundary new
-            clients start, or surplus clients stop (the newest first): a stopping client sends
-            no new request, but the answer to the one in flight is still awaited and recorded.
-        sample_every_s: how often to call ``sampler``.
-        sampler: a function (plain or async) called every ``sample_every_s`` seconds, e.g. one
-            that returns the number of replicas. Each call is recorded as
-            ``Sample(t, clients, value)``; without a sampler, the samples record the number of
-            clients only (``value`` None). A plain function runs in a thread, so a slow
-            one does not delay the clients (ticks it misses are skipped); a call under way
-            when the last stage ends is awaited and kept. An exception from the sampler ends
-            the ramp (its clients are cancelled) and is raised.
-        **kwargs: request options as for :func:`run_load`: ``method``, ``json_body``,
-            ``body_factory``, ``timeout_s``, ``headers``.
-
-    The connection pool has no limit here: the clients themselves bound the concurrency
-    (stopping clients may briefly overlap with the next stage's new ones).
-
-    In Jupyter ``await`` it; from synchronous code use ``run(run_ramp(...))``.
+    ``sampler`` (plain or async, e.g. one that counts replicas) is called every
+    ``sample_every_s`` seconds while Locust runs. Locust's statistics are read from the CSV
+    files it writes: one row a second (users, requests/s, failures/s, percentiles) and the
+    totals. Locust counts a 429 or 503 as a failure; its users then wait for ``Retry-After``.
     """
     _check_url(url)
-    stages = tuple((float(seconds), int(clients)) for seconds, clients in stages)
-    if not stages:
-        raise ValueError("stages must not be empty")
-    if any(seconds <= 0 or clients < 0 for seconds, clients in stages):
-        raise ValueError("each stage needs seconds > 0 and clients >= 0")
+    stages = [(float(seconds), int(users)) for seconds, users in stages]
+    if not stages or any(seconds <= 0 or users < 0 for seconds, users in stages):
+        raise ValueError("stages: one or more (seconds > 0, users >= 0)")
     if sample_every_s <= 0:
         raise ValueError("sample_every_s must be positive")
-    unknown = set(kwargs) - {"method", "json_body", "body_factory", "timeout_s", "headers"}
-    if unknown:
-        raise TypeError(f"run_ramp() got unexpected keyword arguments: {sorted(unknown)}")
-    if kwargs.get("json_body") is not None and kwargs.get("body_factory") is not None:
-        raise ValueError("give json_body or body_factory, not both")
-
-    records: list[Record] = []
-    samples: list[Sample] = []
-    stage_starts: list[float] = []
-    stage = 0
-    running: list[tuple[asyncio.Task[None], asyncio.Event]] = []  # clients still sending
-    all_clients: list[asyncio.Task[None]] = []
-
-    async with _session(kwargs.get("timeout_s", 30), limit=0) as session:
-        t0 = time.perf_counter()
-        sender = _Sender(
-            session,
-            url,
-            kwargs.get("method", "POST"),
-            kwargs.get("json_body"),
-            kwargs.get("body_factory"),
-            kwargs.get("headers"),
-            t0,
+    target = URL(url)
+    env = {
+        **os.environ,
+        "LOAD_STAGES": json.dumps(stages),
+        "LOAD_PATH": target.path_qs or "/",
+        "LOAD_METHOD": method,
+        "LOAD_BODY": "" if json_body is None else json.dumps(json_body),
+    }
+    with tempfile.TemporaryDirectory(prefix="locust-") as folder:
+        prefix = os.path.join(folder, "run")
+        command = [
+            sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
+            "--host", str(target.origin()), "--csv", prefix, "--csv-full-history",
+            "--only-summary", "--exit-code-on-error", "0",
+        ]  # fmt: skip
+        t0 = time.time()
+        locust = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-
-        async def client(stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                records.append(await sender.send(stage))
-
-        def set_clients(n: int) -> None:
-            while len(running) < n:
-                stop = asyncio.Event()
-                task = asyncio.ensure_future(client(stop))
-                running.append((task, stop))
-                all_clients.append(task)
-            while len(running) > n:
-                running.pop()[1].set()
-
-        stop_sampling = asyncio.Event()
-
-        async def sample_until_stopped() -> None:
-            tick = t0
-            while not stop_sampling.is_set():
-                t = time.perf_counter() - t0
-                clients = len(running)
-                value = None if sampler is None else await _call_sampler(sampler)
-                samples.append(Sample(t, clients, value))
-                tick += sample_every_s
-                now = time.perf_counter()
-                while tick <= now:  # a slow sampler: skip the ticks it missed
-                    tick += sample_every_s
-                try:
-                    await asyncio.wait_for(stop_sampling.wait(), tick - now)
-                except asyncio.TimeoutError:
-                    pass
-
-        sampling: asyncio.Task[None] | None = None
+        finished = asyncio.ensure_future(locust.communicate())
+        samples: list[Sample] = []
+        deadline = time.monotonic() + sum(seconds for seconds, _ in stages) + 60
         try:
-            stage_end = t0
-            for stage, (seconds, clients) in enumerate(stages):
-                stage_starts.append(time.perf_counter() - t0)
-                set_clients(clients)
-                if sampling is None:
-                    sampling = asyncio.ensure_future(sample_until_stopped())
-                stage_end += seconds
-                await asyncio.wait([sampling], timeout=max(stage_end - time.perf_counter(), 0))
-                if sampling.done():
-                    sampling.result()  # raise the sampler's exception
-            ended_at = time.perf_counter() - t0
-            set_clients(0)
-            stop_sampling.set()  # a sample under way is finished and kept
-            assert sampling is not None  # started with the first stage
-            await asyncio.gather(*all_clients, sampling)
-            duration_s = time.perf_counter() - t0
+            while not finished.done():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("Locust did not stop a minute after its last stage")
+                t = time.time() - t0
+                value = None if sampler is None else await _call_sampler(sampler)
+                samples.append(Sample(t, _planned_users(stages, t), value))
+                await asyncio.wait([finished], timeout=sample_every_s)
         finally:
-            if sampling is not None and not sampling.done():
-                sampling.cancel()
-            for task in all_clients:
-                task.cancel()  # only does something when we leave with an exception
-            leftovers = [*all_clients, *([sampling] if sampling else [])]
-            await asyncio.gather(*leftovers, return_exceptions=True)
-
-    return RampResult(
-        stages=stages,
-        stage_starts=tuple(stage_starts),
-        ended_at=ended_at,
-        duration_s=duration_s,
-        records=tuple(records),
-        samples=tuple(samples),
-    )
+            if locust.returncode is None:
+                locust.kill()
+            output = (await finished)[0].decode(errors="replace")
+        if locust.returncode != 0:
+            raise RuntimeError(f"locust exited with {locust.returncode}:\n{output[-3000:]}")
+        history, totals = _read_locust_csv(prefix, t0)
+    return LocustRun(history, totals, tuple(samples), output)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
