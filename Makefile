@@ -38,7 +38,7 @@ define timed
 endef
 
 test-unit: $(BIN)/.installed
-	$(call timed,$(BIN)/python -m pytest tests)
+	$(call timed,$(BIN)/python -m pytest --durations=20 tests)
 
 # Every notebook runs on its own, as a reader runs it: in a fresh HOME (no token or Jupyter
 # state left by an earlier notebook) and a fresh Ray temp directory (no address file of an
