@@ -128,17 +128,32 @@ def show_ray_deprecations() -> None:
 
     * Ray 2.60's pydantic models pass extra keywords to ``Field``, which pydantic 2
       deprecates (``PydanticDeprecatedSince20``), once per process when Serve is imported.
+      Only this warning raised *from Ray's modules* keeps Python's default (not shown); the
+      same warning from your own code (an app's schema, a notebook cell) is still shown.
     """
     warnings.filterwarnings("default", category=DeprecationWarning, module=r"ray(\.|$)")
     warnings.filterwarnings("default", category=FutureWarning, module=r"ray(\.|$)")
     warnings.filterwarnings(
-        "ignore", message=r"Using extra keyword arguments on `Field` is deprecated", category=DeprecationWarning
+        "ignore",
+        message=r"Using extra keyword arguments on `Field` is deprecated",
+        category=DeprecationWarning,
+        module=r"ray(\.|$)",
     )
+
+
+# Ray's and Serve's lines in a notebook: level, logger and message, without the timestamp
+# and process id of their default formats (so that a cell prints the same on every run).
+LOG_FORMAT = "%(levelname)s %(name)s -- %(message)s"
 
 
 def _quiet_logging() -> None:
     for name, level in _NOISY_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    # Serve sets up its logger in this process when ray.serve is imported; only its format
+    # changes here, never what it prints.
+    for handler in logging.getLogger("ray.serve").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
 def start(
@@ -205,6 +220,7 @@ def start(
 
     init_kwargs: dict[str, Any] = dict(
         logging_level=logging.WARNING,
+        logging_format=LOG_FORMAT,
         log_to_driver=False,
         configure_logging=True,
     )
