@@ -72,7 +72,7 @@ def listening_on_all_interfaces() -> list[int]:
     return sorted(ports)
 
 
-async def _measure(duration_s: float) -> dict:
+async def _measure(duration_s: float, embedding: bool = True) -> dict:
     """In the child: the embedding model's own batching gain, then Ray and Serve: the no-op app
     and the embedding service under load; a report as JSON."""
     import time
@@ -84,14 +84,24 @@ async def _measure(duration_s: float) -> dict:
     from apps import embed_service, perf
     from helpers.load import run_load
 
-    # The embedding model's own batching gain, in this process before Ray starts: the ceiling.
-    single_ms, batch_ms = bench.model_batching_gain(embed_service.THREADS)
+    report: dict = {}
+    if embedding:
+        # The embedding model's own batching gain, in this process before Ray starts: the ceiling.
+        single_ms, batch_ms = bench.model_batching_gain(embed_service.THREADS)
+        report["model_ms"] = {"single": single_ms, "batch": batch_ms}
     t0 = time.perf_counter()
-    helpers.start()
+    # Ray counts 3 CPUs (it does not pin them): room for the no-op app and both embedding
+    # services (one CPU each) at once, so that all three deploy before anything is measured.
+    helpers.start(num_cpus=3)
     serve.run(perf.hello_app, name="hello", route_prefix="/hello")
     url = "http://127.0.0.1:8000/hello"
     helpers.wait_for_http(url, timeout_s=60)
-    start_s = time.perf_counter() - t0
+    report["start_s"] = time.perf_counter() - t0
+    # The embedding service of section 1, unbatched and batched, deployed together (their
+    # replicas load the model at the same time) while nothing is measured yet.
+    apps = {"unbatched": embed_service.unbatched, "batched": embed_service.batched} if embedding else {}
+    if apps:
+        serve.run_many([serve.RunTarget(app, name=name, route_prefix=f"/{name}") for name, app in apps.items()])
     rows = {}
     for n in CLIENTS:
         result = await run_load(url, clients=n, duration_s=duration_s, warmup_s=0.5, method="GET")
@@ -103,26 +113,23 @@ async def _measure(duration_s: float) -> dict:
         t = time.perf_counter()
         await handle.call.remote()
         times.append(time.perf_counter() - t)
-    serve.delete("hello")
+    report.update(clients=rows, handle_p50_ms=1000 * statistics.median(times))
 
-    # The embedding service of section 1, unbatched and batched, at 32 clients.
-    serve.run(embed_service.unbatched, name="unbatched", route_prefix="/unbatched")
-    serve.run(embed_service.batched, name="batched", route_prefix="/batched")
-    urls = {name: f"http://127.0.0.1:8000/{name}" for name in ("unbatched", "batched")}
-    for url in urls.values():  # routed once a GET gets the POST-only route's 405
-        helpers.wait_for_http(url, timeout_s=60, status=405)
-    embedding = await bench.services_under_load(urls, clients=(32,), duration_s=duration_s, warmup_s=0.5)
-    report = {"start_s": start_s, "clients": rows, "handle_p50_ms": 1000 * statistics.median(times),
-              "embedding_rps": {name: embedding[name, 32].throughput for name in urls},
-              "embedding_errors": sum(r.requests - r.statuses.get(200, 0) for r in embedding.values()),
-              "model_ms": {"single": single_ms, "batch": batch_ms},
-              "all_interfaces": listening_on_all_interfaces()}
+    if embedding:  # at 32 clients
+        urls = {name: f"http://127.0.0.1:8000/{name}" for name in apps}
+        for url in urls.values():  # routed once a GET gets the POST-only route's 405
+            helpers.wait_for_http(url, timeout_s=60, status=405)
+        embedded = await bench.services_under_load(urls, clients=(32,), duration_s=duration_s, warmup_s=0.5)
+        report["embedding_rps"] = {name: embedded[name, 32].throughput for name in urls}
+        report["embedding_errors"] = sum(r.requests - r.statuses.get(200, 0) for r in embedded.values())
+    report["all_interfaces"] = listening_on_all_interfaces()
     helpers.stop()
     return report
 
 
-def measure(mode: str, duration_s: float = 2.0, timeout_s: float = 240) -> dict:
-    """Run one mode in a child process in a network namespace of its own; its report."""
+def measure(mode: str, duration_s: float = 2.0, embedding: bool = True, timeout_s: float = 240) -> dict:
+    """Run one mode in a child process in a network namespace of its own; its report (without
+    ``model_ms``, ``embedding_rps`` and ``embedding_errors`` when ``embedding`` is false)."""
     with tempfile.TemporaryDirectory(prefix="fastpaths-home-") as home:  # a fresh HOME: its own token
         env = {**os.environ, **MODES[mode], "HOME": home}
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
@@ -130,7 +137,7 @@ def measure(mode: str, duration_s: float = 2.0, timeout_s: float = 240) -> dict:
             if flag not in MODES[mode]:
                 env.pop(flag, None)
         done = subprocess.run(
-            ["unshare", "-rn", sys.executable, "-m", "fastpaths", "--child", str(duration_s)],
+            ["unshare", "-rn", sys.executable, "-m", "fastpaths", "--child", str(duration_s), str(int(embedding))],
             env=env, capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).parent,
         )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -187,7 +194,7 @@ def batching_table(reports: dict[str, dict]) -> str:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         _loopback_up()
-        print(json.dumps(asyncio.run(_measure(float(sys.argv[2])))), flush=True)
+        print(json.dumps(asyncio.run(_measure(float(sys.argv[2]), sys.argv[3] == "1"))), flush=True)
     else:
         if not namespaces_available():
             sys.exit("this machine does not allow `unshare -rn` (unprivileged network namespaces)")
