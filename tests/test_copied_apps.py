@@ -35,6 +35,8 @@ APPLICATIONS = {
     "llm": ("llm:app", "POST", "/", {"prompt": "What is Ray Serve?"}),
     "prod": ("llm_prod:app", "POST", "/", {"prompt": "What is Ray Serve?"}),
     "chatbot": ("chatbot:app", "POST", "/generate", {"message": "What is Ray Serve?"}),
+    "openai": ("openai_api:app", "POST", "/v1/chat/completions",
+               {"model": "tiny-chat", "messages": [{"role": "user", "content": "What is Ray Serve?"}]}),
     "rag": ("rag:app", "POST", "/ask", {"question": "How do I give each replica a GPU?"}),
     "batched": ("embed_service:batched", "POST", "/", {"text": "hello"}),
     "unbatched": ("embed_service:unbatched", "POST", "/", {"text": "hello"}),

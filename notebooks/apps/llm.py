@@ -11,7 +11,8 @@ serving.
 
 Through a ``DeploymentHandle`` (from another deployment, or a notebook) the same replicas offer
 ``chat(prompt)`` (the answer as a string), ``stream(prompt)`` (the answer in chunks, with
-``handle.options(stream=True)``) and ``info()``. ``Generator`` is the same model without the
+``handle.options(stream=True)``), ``complete`` and ``stream_with_usage`` (the same with token
+counts, for ``openai_api.py``) and ``info()``. ``Generator`` is the same model without the
 HTTP routes, for applications whose HTTP ingress is another deployment (Serve allows one
 FastAPI ingress per application): ``chatbot.py`` and ``rag.py`` use it. A prompt is a user message or a conversation,
 a list of ``{"role", "content"}`` messages. Over gRPC they answer
@@ -33,6 +34,7 @@ a project of your own, copy it with ``chat_core.py``, ``accelerator.py``, ``vali
 # time, and Serve rebuilds the route methods without `self`, so string annotations would not
 # resolve (FastAPI would then take the body for a query parameter).
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -125,6 +127,33 @@ class ChatMethods:
         finally:  # the caller went away (or cancelled): stop generating
             chunks.cancel()
 # __llm_methods_end__
+
+    async def complete(self, prompt: Any, max_new_tokens: int | None = None, temperature: float = 0.0) -> dict[str, Any]:
+        """The whole answer with its token counts: ``text``, ``prompt_tokens``,
+        ``completion_tokens`` and ``finish_reason`` (what OpenAI-style APIs report)."""
+        result = await asyncio.to_thread(
+            self.model.generate, prompt, max_new_tokens=max_new_tokens, temperature=temperature
+        )
+        return dataclasses.asdict(result)
+
+    async def stream_with_usage(
+        self, prompt: Any, max_new_tokens: int | None = None, temperature: float = 0.0
+    ) -> AsyncIterator[str | dict[str, Any]]:
+        """:meth:`stream`'s chunks, then one dict: ``prompt_tokens``, ``completion_tokens``
+        and ``finish_reason`` (``handle.options(stream=True)``)."""
+        chunks = self.model.astream(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, chunk_interval_s=self.chunk_interval_s
+        )
+        try:
+            async for chunk in chunks:
+                yield chunk
+            yield {
+                "prompt_tokens": chunks.prompt_tokens,
+                "completion_tokens": chunks.completion_tokens,
+                "finish_reason": chunks.finish_reason,
+            }
+        finally:
+            chunks.cancel()
 
     def info(self) -> dict[str, Any]:
         """Which model this replica serves, on which device, and what Ray gave it."""

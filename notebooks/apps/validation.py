@@ -36,7 +36,7 @@ class ClientError(ValueError):
         return self.message
 
 
-class _AsciiJSON(JSONResponse):
+class AsciiJSON(JSONResponse):
     """JSON with non-ASCII characters escaped: renders whatever text an error message holds."""
 
     def render(self, content: Any) -> bytes:
@@ -50,10 +50,10 @@ def clear_errors(api: FastAPI) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler, without echoing the input back.
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return _AsciiJSON({"detail": detail}, status_code=422)
+        return AsciiJSON({"detail": detail}, status_code=422)
 
     @api.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        return _AsciiJSON({"detail": exc.message}, status_code=exc.status)
+        return AsciiJSON({"detail": exc.message}, status_code=exc.status)
 
     return api
