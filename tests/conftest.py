@@ -82,3 +82,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the tests that start a Ray of their own (``serve run``) before the shared one starts."""
     first = [item for item in items if item.path.name == "test_copied_apps.py"]
     items[:] = first + [item for item in items if item.path.name != "test_copied_apps.py"]
+
+
+class LocalOnly:
+    """A Playwright route handler (``page.route("**/*", handler)``) that lets a page reach
+    ``base_url`` only: anything else is aborted and recorded in ``outside``."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.outside: list[str] = []
+
+    def __call__(self, route: Any) -> None:
+        if route.request.url.startswith(self.base_url):
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+
+@pytest.fixture
+def local_only() -> type[LocalOnly]:
+    return LocalOnly

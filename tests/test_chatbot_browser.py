@@ -57,19 +57,12 @@ def base_url(deployed):
     return deployed("chatbot", lambda: chatbot.app)
 
 
-def test_four_pages_chat_at_once(base_url, tmp_path):
+def test_four_pages_chat_at_once(base_url, tmp_path, local_only):
     """Four browser pages (four Gradio sessions) each ask two questions, all at the same time."""
     from playwright.sync_api import expect, sync_playwright
 
     pages_questions = [QA[6 + 2 * n : 8 + 2 * n] for n in range(4)]
-    outside: list[str] = []
-
-    def local_only(route):
-        if route.request.url.startswith(base_url):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
+    only_here = local_only(base_url)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -78,7 +71,7 @@ def test_four_pages_chat_at_once(base_url, tmp_path):
             for _ in pages_questions:
                 context = browser.new_context(viewport={"width": 1000, "height": 760})  # its own session
                 page = context.new_page()
-                page.route("**/*", local_only)
+                page.route("**/*", only_here)
                 page.goto(f"{base_url}/")
                 expect(page.get_by_role("heading", name="Ray Serve chatbot")).to_be_visible(timeout=30_000)
                 page.evaluate(RECORD_BOT_TEXTS)
@@ -107,4 +100,4 @@ def test_four_pages_chat_at_once(base_url, tmp_path):
             pages[0].screenshot(path=str(SCREENSHOT if update else tmp_path / "chatbot.png"))
         finally:
             browser.close()
-    assert outside == [], f"the page tried to reach other hosts: {outside}"
+    assert only_here.outside == [], f"the page tried to reach other hosts: {only_here.outside}"
