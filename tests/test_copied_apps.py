@@ -30,7 +30,9 @@ APPS = ROOT / "notebooks" / "apps"
 SERVE = str(Path(sys.executable).with_name("serve"))
 PORT = 8000
 
-# application -> (module:attribute, a request that must succeed: method, path, JSON body)
+# application -> (module:attribute, a request that must succeed: method, path, JSON body); one
+# application per module (embed_service.unbatched and perf.sleepy_app need the same files as
+# the ones named here)
 APPLICATIONS = {
     "llm": ("llm:app", "POST", "/", {"prompt": "What is Ray Serve?"}),
     "prod": ("llm_prod:app", "POST", "/", {"prompt": "What is Ray Serve?"}),
@@ -39,10 +41,8 @@ APPLICATIONS = {
                {"model": "tiny-chat", "messages": [{"role": "user", "content": "What is Ray Serve?"}]}),
     "rag": ("rag:app", "POST", "/ask", {"question": "How do I give each replica a GPU?"}),
     "batched": ("embed_service:batched", "POST", "/", {"text": "hello"}),
-    "unbatched": ("embed_service:unbatched", "POST", "/", {"text": "hello"}),
     "memo": ("memo:bounded", "POST", "/", {"prompt": "hello"}),
     "hello": ("perf:hello_app", "GET", "/", None),
-    "sleepy": ("perf:sleepy_app", "GET", "/", None),
     "slow": ("slow:app", "GET", "/?seconds=0", None),
     "whoami": ("whoami:app", "GET", "/", None),
 }
@@ -90,9 +90,13 @@ def copied(tmp_path_factory):
                 shutil.copy(source, target)
         (folder / "helpers").mkdir()
         (folder / "helpers" / "__init__.py").write_text(POISON)
+        # The chat model on one replica where an app asks for two: what is tested is the copy,
+        # and a config file may override any deployment option (as a reader's would).
+        scaled = [{"name": "Generator", "num_replicas": 1}] if name in ("chatbot", "rag", "openai") else []
         applications.append(
             {
                 "name": name,
+                **({"deployments": scaled} if scaled else {}),
                 "route_prefix": f"/{name}",
                 "import_path": import_path,
                 "runtime_env": {
