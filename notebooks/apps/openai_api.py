@@ -187,7 +187,8 @@ async def sse(head: dict[str, Any], first: Any, chunks: Any, include_usage: bool
     def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
         return _event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
 
-    yield chunk({"role": "assistant", "content": ""})
+    # The role goes out with the first piece of text, in one write: one hop less before it.
+    opening = chunk({"role": "assistant", "content": ""})
     counts = None
     try:
         item = first
@@ -195,18 +196,19 @@ async def sse(head: dict[str, Any], first: Any, chunks: Any, include_usage: bool
             if isinstance(item, dict):  # the last item: token counts and finish reason
                 counts = item
             elif item:
-                yield chunk({"content": item})
+                yield opening + chunk({"content": item})
+                opening = ""
             item = await anext(chunks, None)
     except Exception as exc:  # noqa: BLE001  (after the 200: report it the way OpenAI streams do)
-        yield _event(APIError(500, f"generation failed: {type(exc).__name__}", type_="server_error").body())
-        yield _event("[DONE]")
+        error = APIError(500, f"generation failed: {type(exc).__name__}", type_="server_error")
+        yield opening + _event(error.body()) + _event("[DONE]")
         return
     finally:  # done, or the client went away: stop the generation
         chunks.cancel()
-    yield chunk({}, counts["finish_reason"] if counts else "stop")
+    ending = chunk({}, counts["finish_reason"] if counts else "stop")
     if include_usage and counts:
-        yield _event({**head, "choices": [], "usage": usage(counts)})
-    yield _event("[DONE]")
+        ending += _event({**head, "choices": [], "usage": usage(counts)})
+    yield opening + ending + _event("[DONE]")
 # __openai_sse_end__
 
 
