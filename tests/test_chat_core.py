@@ -14,6 +14,7 @@ import torch
 import helpers
 from apps import chat_core
 from apps.chat_core import BadPrompt, ChatModel, GenerationError
+from helpers.models import ASSETS
 
 torch.set_num_threads(1)  # the model is tiny: more threads only add contention
 QA = helpers.qa_corpus()
@@ -261,3 +262,46 @@ def test_reading_a_stream_does_not_poll(model, monkeypatch):
     # generation's own first step
     assert waited >= 0.45
     assert time.process_time() - cpu0 < waited
+
+
+# -- several prompts in one generate() call --------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [None, ASSETS / "tiny-chat-qwen2"], ids=["tiny-chat", "tiny-chat-qwen2"])
+def test_a_batch_answers_as_each_prompt_alone(model, path):
+    chat = model if path is None else ChatModel(path)
+    prompts = [item["question"] for item in QA[:12]] + [
+        [{"role": "user", "content": QA[0]["question"]}, {"role": "assistant", "content": QA[0]["answer"]},
+         {"role": "user", "content": QA[5]["question"]}],
+    ]
+    alone = [chat.generate(p) for p in prompts]
+    together = chat.generate_batch(prompts)
+    assert together == alone  # text, token counts and finish reasons
+    assert len({r.prompt_tokens for r in together}) > 1  # the rows really were padded
+
+
+def test_a_batch_keeps_each_rows_budget(model):
+    prepared = [model.prepare(QA[0]["question"], 3), model.prepare(QA[1]["question"], 40), model.prepare(QA[2]["question"])]
+    results = model.run_batch(prepared)
+    assert [r.completion_tokens for r in results[:1]] == [3] and results[0].finish_reason == "length"
+    assert results[1] == model.generate(QA[1]["question"], max_new_tokens=40)
+    assert results[2].text == QA[2]["answer"] and results[2].finish_reason == "stop"
+    assert model.run_batch([]) == []
+
+
+def test_a_batch_costs_less_than_its_prompts_one_by_one(model):
+    prompts = [item["question"] for item in QA[:16]]
+    model.generate_batch(prompts[:2])  # warm up
+    start = time.perf_counter()
+    for p in prompts:
+        model.generate(p)
+    one_by_one = time.perf_counter() - start
+    start = time.perf_counter()
+    model.generate_batch(prompts)
+    together = time.perf_counter() - start
+    assert together < one_by_one / 2, (together, one_by_one)
+
+
+def test_a_bad_prompt_in_a_batch_raises_before_generating(model):
+    with pytest.raises(BadPrompt, match="must not be blank"):
+        model.generate_batch([QA[0]["question"], "   "])

@@ -475,6 +475,58 @@ class ChatModel:
             finish_reason="stop" if stopped or len(new) < checked.max_new_tokens else "length",
         )
 
+    # __chat_core_batch_begin__
+    def run_batch(self, prompts: Sequence[Prompt]) -> list[Generation]:
+        """Greedy answers to several prepared prompts in ONE ``generate()`` call.
+
+        The prompts are padded on the left to the longest one (a decoder-only model continues
+        the last position of each row, so the padding must come first) and masked out; each
+        row stops at its own budget or end-of-sequence token. The answers equal the ones
+        :meth:`generate` gives each prompt alone, while a batch costs much less than the same
+        prompts one after the other.
+        """
+        if not prompts:
+            return []
+        width = max(p.prompt_tokens for p in prompts)
+        rows, masks = [], []
+        for p in prompts:
+            pad = width - p.prompt_tokens
+            rows.append([self.pad_token_id] * pad + p.inputs["input_ids"][0].tolist())
+            masks.append([0] * pad + [1] * p.prompt_tokens)
+        budget = max(p.max_new_tokens for p in prompts)
+        batch = Prompt(
+            {
+                "input_ids": torch.tensor(rows, device=self.device),
+                "attention_mask": torch.tensor(masks, device=self.device),
+            },
+            width,
+            budget,
+        )
+        output = self.run_generate(batch, 0.0)
+        answers = []
+        for p, row in zip(prompts, output[:, width:].tolist()):
+            new = row[: p.max_new_tokens]
+            end = next((i for i, t in enumerate(new) if t in self.eos_token_ids), None)
+            if end is not None:
+                new = new[: end + 1]  # what follows a row's end is padding
+            stopped = end is not None
+            answers.append(
+                Generation(
+                    text=self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+                    prompt_tokens=p.prompt_tokens,
+                    completion_tokens=len(new),
+                    finish_reason="stop" if stopped or len(new) < p.max_new_tokens else "length",
+                )
+            )
+        return answers
+
+    def generate_batch(
+        self, prompts: Sequence[str | Sequence[Any]], *, max_new_tokens: int | None = None
+    ) -> list[Generation]:
+        """:meth:`generate` for several prompts at once (greedy); BadPrompt if any is unusable."""
+        return self.run_batch([self.prepare(p, max_new_tokens) for p in prompts])
+    # __chat_core_batch_end__
+
     def stream(
         self,
         prompt: str | Sequence[Any],
