@@ -1,5 +1,6 @@
 # Two commands: `make lab` (open the notebooks) and `make test` (run every test).
-# Both create the virtual environment .venv on first use and install everything into it.
+# Both create the virtual environment .venv on first use and install everything into it, and
+# .venv-pytriton, the environment notebook 09 starts PyTriton from.
 
 SHELL  := /bin/bash
 PYTHON ?= python3
@@ -12,6 +13,8 @@ TORCH          ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 NOTEBOOKS      := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
+PYTRITON_VENV := .venv-pytriton
+
 .PHONY: lab test test-unit test-notebooks test-checkpoint notebooks protos bench clean-venv
 
 $(BIN)/.installed: pyproject.toml
@@ -21,11 +24,24 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# PyTriton needs numpy<2 and its own protobuf: an environment of its own (requirements-pytriton.txt).
+$(PYTRITON_VENV)/bin/.installed: requirements-pytriton.txt
+	test -x $(PYTRITON_VENV)/bin/python || $(PYTHON) -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTRITON_VENV)/bin/python -m pip install --quiet "$(TORCH)" $(TORCH_PIP_ARGS)
+	$(PYTRITON_VENV)/bin/python -m pip install --quiet -r requirements-pytriton.txt
+	touch $@
+
+.PHONY: $(PYTRITON_VENV)
+$(PYTRITON_VENV): $(PYTRITON_VENV)/bin/.installed
+
+ENVS := $(BIN)/.installed $(PYTRITON_VENV)/bin/.installed
+
 # Jupyter refuses to run as root (the usual user in a container) unless told it may.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## lab: open JupyterLab on notebooks/ (creates .venv on first use)
-lab: $(BIN)/.installed
+lab: $(ENVS)
 	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(ALLOW_ROOT)
 
 ## test: unit tests, strict nbval over every notebook, then notebooks 02, 04, 05, 08 on another model
@@ -37,8 +53,8 @@ define timed
 	echo "== $@: $$(( $$(date +%s) - start )) s"; exit $$status
 endef
 
-test-unit: $(BIN)/.installed
-	$(call timed,$(BIN)/python -m pytest --durations=20 tests)
+test-unit: $(ENVS)
+	$(call timed,REQUIRE_PYTRITON=1 $(BIN)/python -m pytest --durations=20 tests)
 
 # Every notebook runs on its own, as a reader runs it: in a fresh HOME (no token or Jupyter
 # state left by an earlier notebook) and a fresh Ray temp directory (no address file of an
@@ -51,7 +67,7 @@ for nb in $(NOTEBOOKS); do \
 done
 endef
 
-test-notebooks: $(BIN)/.installed
+test-notebooks: $(ENVS)
 	$(call timed,$(call alone,$(BIN)/python -m pytest --nbval -q))
 
 # The apps must serve any local checkpoint: run the notebooks that serve the chat model with
@@ -64,7 +80,7 @@ test-checkpoint: $(BIN)/.installed
 
 ## notebooks: execute every notebook headless, each on its own, and save it with its outputs
 ##   (one notebook: make notebooks NOTEBOOKS=notebooks/03_yaml_config.ipynb)
-notebooks: $(BIN)/.installed
+notebooks: $(ENVS)
 	$(call timed,$(call alone,$(CURDIR)/$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600))
 
 ## bench: the measurements of notebook 06 (batching, per-request cost, streaming, fast paths), as tables
@@ -77,4 +93,4 @@ protos: $(BIN)/.installed
 	  --pyi_out=notebooks --grpc_python_out=notebooks notebooks/apps/protos/chat.proto
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PYTRITON_VENV)

