@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from apps import chatbot, embed_service, llm, llm_prod, memo, openai_api, perf, rag, slow, whoami
+from apps import chat_endpoints, chatbot, embed_service, llm, llm_prod, memo, openai_api, perf, rag, slow, whoami
 
 # application -> (what to deploy, examples per mode and route, a request that must succeed after)
 APPS = {
     "llm": (lambda: llm.app, 25, ("POST", "/", {"prompt": "What is Ray Serve?"})),
     "prod": (lambda: llm_prod.app, 15, ("POST", "/", {"prompt": "What is Ray Serve?"})),
+    "endpoints": (lambda: chat_endpoints.app, 15, ("POST", "/chat", {"prompt": "What is Ray Serve?"})),
     "chatbot": (lambda: chatbot.app, 25, ("POST", "/generate", {"message": "What is Ray Serve?"})),
     "openai": (lambda: openai_api.app, 25, ("GET", "/v1/models", None)),
     "rag": (lambda: rag.app, 15, ("POST", "/ask", {"question": "What is Ray Serve?"})),
