@@ -40,6 +40,10 @@ def test_batched_answers_equal_the_plain_ones_and_come_sooner(url):
     assert batched == plain
     assert [a["answer"] for a in batched] == [item["answer"] for item in QA[:16]]
     assert batched_s < plain_s / 1.5, (batched_s, plain_s)
+    from ray import serve
+
+    sizes = serve.get_app_handle("endpoints").batches.remote().result(timeout_s=30)
+    assert max(sizes) > 1 and sum(size * n for size, n in sizes.items()) >= 2 * len(QUESTIONS)
 
 
 def test_a_bad_prompt_fails_alone_in_its_batch(url):

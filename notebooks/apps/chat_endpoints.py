@@ -18,6 +18,7 @@ in a project of your own, copy it with ``llm.py`` and the modules that one needs
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import torch
@@ -61,6 +62,7 @@ class ChatEndpoints:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model = ChatModel(model_path)
+        self.batch_sizes: Counter[int] = Counter()  # batch size -> batches run
 
     @api.post("/chat")
     async def chat(self, question: Question) -> Answer:
@@ -70,6 +72,7 @@ class ChatEndpoints:
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
     async def generate_batch(self, prompts: list[Prompt]) -> list[Generation]:
         # Serve calls this with the prompts of up to 16 concurrent requests; each gets its own.
+        self.batch_sizes[len(prompts)] += 1
         return await asyncio.to_thread(self.model.run_batch, prompts)
 
     @api.post("/chat_batched")
@@ -81,6 +84,10 @@ class ChatEndpoints:
     async def chat_stream(self, question: Question) -> StreamingResponse:
         stream = self.model.astream(question.prompt, max_new_tokens=question.max_new_tokens)
         return StreamingResponse(_chunks(stream), media_type="text/plain")
+
+    def batches(self) -> dict[int, int]:
+        """How many batches of each size this replica has run (call it through a handle)."""
+        return dict(self.batch_sizes)
 # __chat_endpoints_end__
 
 

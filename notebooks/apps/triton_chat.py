@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from pytriton.decorators import batch, fill_optionals, sample
 from pytriton.exceptions import PyTritonValidationError
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -142,7 +143,7 @@ class TritonChat:
 # __triton_serve_begin__
 def serve(model_path: str | None = None, http_port: int = HTTP_PORT, max_queue_delay_ms: float = 10) -> None:
     """Start Triton on 127.0.0.1 with the three models; block until SIGINT or SIGTERM."""
-    chat = TritonChat(ChatModel(model_path))
+    chat = TritonChat(ChatModel(model_path))  # one model, shared by the three bindings
     config = TritonConfig(
         http_address="127.0.0.1", http_port=http_port,
         grpc_address="127.0.0.1", grpc_port=http_port + 1,
@@ -187,8 +188,12 @@ def main() -> None:
     parser.add_argument("--model", help="a local checkpoint folder (default: $SERVE_CHAT_MODEL, else tiny-chat)")
     parser.add_argument("--http-port", type=int, default=HTTP_PORT, help="HTTP port; gRPC and metrics take the next two")
     parser.add_argument("--max-queue-delay-ms", type=float, default=10, help="how long the batcher waits to fill a batch")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch's CPU threads (default 1, see below)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # PyTriton calls each model from a thread of its own, and torch gives every thread that
+    # runs it a pool of CPU threads: pools as large as the machine then fight for its cores.
+    torch.set_num_threads(args.torch_threads)
     serve(args.model, args.http_port, args.max_queue_delay_ms)
 
 

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cluster import wait_for_http
+import requests
+
+from .cluster import port_in_use
 from .processes import count_processes, start_background, stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +41,7 @@ def pytriton_python() -> Path:
     return python
 
 
+# __library_dir_begin__
 def library_dir(python: Path) -> str:
     """The folder holding ``python``'s own libpython.
 
@@ -48,6 +51,7 @@ def library_dir(python: Path) -> str:
     """
     code = "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')"
     return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+# __library_dir_end__
 
 
 @dataclass
@@ -77,7 +81,7 @@ def start_triton(
 ) -> TritonServer:
     """Start ``triton_chat.py`` from PyTriton's environment and wait until its models are ready.
 
-    ``num_threads`` sets torch's threads in it (``OMP_NUM_THREADS``); ``model`` a checkpoint
+    ``num_threads`` sets torch's CPU threads in it (default 1); ``model`` a checkpoint
     folder (default: ``$SERVE_CHAT_MODEL``, else tiny-chat); ``app`` another copy of the module.
     """
     app = Path(app).resolve()
@@ -87,18 +91,34 @@ def start_triton(
         command += ["--model", str(model)]
     env = {"LD_LIBRARY_PATH": os.pathsep.join(p for p in (library_dir(python), os.environ.get("LD_LIBRARY_PATH")) if p)}
     if num_threads:
-        env["OMP_NUM_THREADS"] = str(num_threads)
+        command += ["--torch-threads", str(num_threads)]
+    taken = [port for port in (http_port, http_port + 1, http_port + 2) if port_in_use(port)]
+    if taken:
+        raise RuntimeError(
+            f"port(s) {', '.join(map(str, taken))} on 127.0.0.1 are taken (another Triton server, or "
+            "another program): stop it, or pass another http_port (the next two ports go with it)"
+        )
     start = time.perf_counter()
     process = start_background(command, log_file, cwd=app.parent, env=env)
     url = f"http://127.0.0.1:{http_port}"
+
+    def ready() -> bool:
+        try:
+            return all(requests.get(f"{url}/v2/models/{name}/ready", timeout=2).status_code == 200 for name in MODELS)
+        except requests.RequestException:
+            return False
+
     try:
-        for name in MODELS:
-            remaining = timeout_s - (time.perf_counter() - start)
+        while not ready():
             if process.poll() is not None:
-                raise RuntimeError(f"triton_chat.py exited with {process.returncode}; see {log_file}")
-            wait_for_http(f"{url}/v2/models/{name}/ready", timeout_s=max(remaining, 1))
+                tail = Path(log_file).read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"triton_chat.py exited with {process.returncode}; the end of its log:\n{tail}")
+            if time.perf_counter() - start > timeout_s:
+                raise TimeoutError(f"the PyTriton server's models were not ready after {timeout_s:g} s; see {log_file}")
+            time.sleep(0.2)
     except BaseException:
-        stop_process_tree(process, signal.SIGINT, 30)
+        if process.poll() is None:
+            stop_process_tree(process, signal.SIGINT, 30)
         raise
     return TritonServer(process, url, Path(log_file), time.perf_counter() - start, command)
 
