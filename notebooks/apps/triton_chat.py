@@ -44,16 +44,15 @@ from typing import Any
 import numpy as np
 import torch
 from pytriton.decorators import batch, fill_optionals, sample
-from pytriton.exceptions import PyTritonValidationError
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
 if __package__:  # imported as part of the repository's `apps` package
-    from .chat_core import DEFAULT_MAX_NEW_TOKENS, BadPrompt, ChatModel
+    from .chat_core import BadPrompt, ChatModel
 else:  # run as a script, or copied into a project of your own next to chat_core.py
-    from chat_core import DEFAULT_MAX_NEW_TOKENS, BadPrompt, ChatModel
+    from chat_core import BadPrompt, ChatModel
 
-HTTP_PORT, GRPC_PORT, METRICS_PORT = 8100, 8101, 8102
+HTTP_PORT = 8100  # gRPC and metrics on the next two ports
 MAX_BATCH_SIZE = 16
 
 # Every binding takes the same tensors. Shapes leave out the batch axis where batching is on.
