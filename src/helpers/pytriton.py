@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,11 +126,3 @@ def tritonserver_processes() -> int:
     """How many ``tritonserver`` processes run on this machine (0 after a clean stop)."""
     return count_processes(r"(^|/)tritonserver( |$)")
 
-
-if __name__ == "__main__":  # python -m helpers.pytriton: start it, print its URL, stop on Ctrl-C
-    server = start_triton(sys.argv[1] if len(sys.argv) > 1 else "triton.log")
-    print(f"ready at {server.url} after {server.startup_s:.1f} s; Ctrl-C stops it")
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        server.stop()
