@@ -11,13 +11,17 @@ from helpers.probe import HttpProbe
 
 @pytest.fixture
 def server():
-    state = {"fail": False}
+    state = {"fail": False, "bodies": []}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(503 if state["fail"] else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        def do_POST(self):
+            state["bodies"].append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.do_GET()
 
         def log_message(self, *args):
             pass
@@ -52,3 +56,20 @@ def test_probe_records_refused_connections_as_status_0():
     assert report.failed == report.sent > 0
     assert all(o.status == 0 for o in probe.outcomes)
     assert "failed" in str(report)
+
+
+def test_probe_posts_json_with_the_session_it_is_given(server):
+    import requests
+
+    url, state = server
+    made = []
+
+    def session():
+        made.append(requests.Session())
+        return made[-1]
+
+    with HttpProbe(url, interval_s=0.01, json={"prompt": "hi"}, session=session) as probe:
+        time.sleep(0.1)
+    assert probe.report().failed == 0 and probe.report().sent > 2
+    assert set(state["bodies"]) == {b'{"prompt": "hi"}'}
+    assert len(made) == 1  # one session, reused while nothing fails

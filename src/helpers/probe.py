@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -38,26 +40,42 @@ class ProbeReport:
 
 
 class HttpProbe:
-    """Send ``GET url`` every ``interval_s`` seconds from a background thread."""
+    """Send ``GET url`` (``POST`` with ``json`` as body) every ``interval_s`` seconds, from a thread.
 
-    def __init__(self, url: str, interval_s: float = 0.05, timeout_s: float = 2.0) -> None:
+    ``session`` makes the ``requests.Session`` it sends with (e.g. one that retries); a
+    request counts as failed only if the session finally fails.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        interval_s: float = 0.05,
+        timeout_s: float = 2.0,
+        session: Callable[[], requests.Session] = requests.Session,
+        json: Any = None,
+    ) -> None:
         self.url = url
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.new_session = session
+        self.json = json
         self.outcomes: list[Outcome] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="http-probe", daemon=True)
         self._t0 = 0.0
 
     def _run(self) -> None:
-        session = requests.Session()
+        session = self.new_session()
         while not self._stop.is_set():
             sent = time.monotonic() - self._t0
             try:
-                status = session.get(self.url, timeout=self.timeout_s).status_code
+                if self.json is None:
+                    status = session.get(self.url, timeout=self.timeout_s).status_code
+                else:
+                    status = session.post(self.url, json=self.json, timeout=self.timeout_s).status_code
             except requests.RequestException:
                 status = 0
-                session = requests.Session()  # drop a broken keep-alive connection
+                session = self.new_session()  # drop a broken keep-alive connection
             self.outcomes.append(Outcome(sent, 200 <= status < 300, status))
             self._stop.wait(self.interval_s)
 
