@@ -1,5 +1,7 @@
 """Every Serve config YAML under notebooks/ is valid, except the deliberate ``*.broken.yaml``.
 
+A KubeRay ``RayService`` manifest counts as the Serve config it carries (``serveConfigV2``).
+
 Files named ``*.broken.yaml`` are teaching examples of mistakes Serve would not report
 (or would report late): they must have at least one problem, so that they keep showing one.
 """
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers.config import validate_serve_config
+from helpers.kuberay import serve_config_of
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 BROKEN_SUFFIX = ".broken.yaml"
@@ -32,7 +35,11 @@ def test_notebooks_folder_is_there():
     "path", config_files(), ids=lambda p: str(p.relative_to(NOTEBOOKS))
 )
 def test_config_file(path):
-    problems = validate_serve_config(path)
+    text = path.read_text()
+    if "kind: RayService" in text:
+        problems = validate_serve_config(serve_config_of(text))
+    else:
+        problems = validate_serve_config(path)
     if path.name.endswith(BROKEN_SUFFIX):
         assert problems, f"{path.name} is meant to show a mistake, but it has no problem"
     else:
