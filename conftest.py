@@ -7,9 +7,13 @@
 * A cell fails if it makes Ray warn that something it uses is deprecated or about to change
   (a ``DeprecationWarning`` or ``FutureWarning`` raised in Ray's code): the notebooks teach
   the current API only. ``helpers`` makes such warnings visible (``show_ray_deprecations``).
+* A test run that leaves a Ray process behind fails: every raylet or GCS started while the
+  tests ran (by a test, a notebook's kernel, a ``ray start``) must be gone when they end.
 """
 
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -37,3 +41,37 @@ def pytest_runtest_call(item: pytest.Item):
     if found:
         raise AssertionError(f"this cell uses something Ray deprecates: {found.group(0)}")
     return result
+
+
+# Every process started while the tests run inherits this variable (kernels, `ray start`, Ray's
+# own daemons), which tells this run's Ray processes from those of anything else on the machine.
+_SESSION_MARK = "SERVE_SERIES_TEST_RUN"
+
+
+def _ray_daemons(mark: str) -> set[int]:
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] not in ("raylet", "gcs_server"):
+            continue
+        try:
+            if proc.environ().get(_SESSION_MARK) == mark:
+                found.add(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[_SESSION_MARK] = f"{os.getpid()}-{time.time_ns()}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    mark = os.environ.get(_SESSION_MARK, "")
+    deadline = time.monotonic() + 30  # a Ray that is shutting down gets time to finish
+    while (left := _ray_daemons(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        print(f"\n{len(left)} Ray process(es) started by these tests are still running (pids {sorted(left)})")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
