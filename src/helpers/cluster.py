@@ -84,8 +84,9 @@ _current: ClusterInfo | None = None
 
 # Lines Ray prints on the driver's stdout when a call to a restarting actor is retried
 # automatically (e.g. while the Serve controller restarts). They are expected and carry no
-# action for the reader; every other error line Ray reports is still printed.
-_BENIGN_ERRORS = re.compile(r"There are infinite retries remaining, so the task will be retried")
+# action for the reader; every other error line Ray reports is still printed, unless a
+# notebook hides more with hide_driver_notices.
+_BENIGN_ERRORS = [re.compile(r"There are infinite retries remaining, so the task will be retried")]
 
 
 def _use_loopback(on: bool) -> None:
@@ -101,21 +102,33 @@ def _use_loopback(on: bool) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = not on
 
 
-def _filter_benign_errors() -> None:
-    """Keep Ray's automatic-retry notices out of notebook cells (they stay in Ray's logs)."""
+def hide_driver_notices(*patterns: str) -> None:
+    """Keep the cluster notices that Ray prints on the driver and match ``patterns`` out of cells.
+
+    Ray pushes some cluster events to every driver, printed with a ``(raylet)`` prefix and
+    with ids that change on every run (e.g. "The node with node id: ... has been marked
+    dead"). A notebook that reports the same event from its own measurement hides them with
+    this; they stay in Ray's logs and the dashboard. Automatic-retry notices are always hidden.
+    """
     import ray._private.worker as worker
 
+    _BENIGN_ERRORS.extend(re.compile(re.escape(p)) for p in patterns)
     original = worker.print_to_stdstream
     if getattr(original, "_filters_benign", False):
         return
 
     def print_filtered(data: dict[str, Any], ignore_prefix: bool) -> None:
-        lines = [line for line in data.get("lines", []) if not _BENIGN_ERRORS.search(line)]
+        lines = [line for line in data.get("lines", []) if not any(rx.search(line) for rx in _BENIGN_ERRORS)]
         if lines:
             original({**data, "lines": lines}, ignore_prefix)
 
     print_filtered._filters_benign = True  # type: ignore[attr-defined]
     worker.print_to_stdstream = print_filtered
+
+
+def _filter_benign_errors() -> None:
+    """Keep Ray's automatic-retry notices out of notebook cells (they stay in Ray's logs)."""
+    hide_driver_notices()
 
 
 def show_ray_deprecations() -> None:
