@@ -57,6 +57,9 @@ def test_whoami_http_reports_request_id(whoami):
     body = response.json()
     assert body["request_id"] == response.headers["x-request-id"]
     assert len(body["replica"]) >= 6 and body["pid"] > 0
+    import ray
+
+    assert body["node"] in {node["NodeManagerAddress"] for node in ray.nodes()}  # the node it runs on
 
 
 def test_whoami_handle_path(whoami):
