@@ -44,7 +44,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(ENVS)
 	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(ALLOW_ROOT)
 
-## test: unit tests, strict nbval over every notebook, then notebooks 02, 04, 05, 08, 09 on another model
+## test: unit tests, strict nbval over every notebook, then notebooks 02, 04, 05, 08, 09, 10 on another model
 test: test-unit test-notebooks test-checkpoint
 
 # Each stage prints how long it took.
@@ -75,7 +75,7 @@ test-notebooks: $(ENVS)
 OTHER_MODEL := $(CURDIR)/assets/tiny-chat-qwen2
 CHAT_NOTEBOOKS := notebooks/02_single_model.ipynb notebooks/04_model_composition.ipynb \
                   notebooks/05_gradio_npu_chatbot.ipynb notebooks/08_clients.ipynb \
-                  notebooks/09_pytriton_vs_serve.ipynb
+                  notebooks/09_pytriton_vs_serve.ipynb notebooks/10_multi_node.ipynb
 test-checkpoint: $(ENVS)
 	$(call timed,SERVE_CHAT_MODEL=$(OTHER_MODEL) $(BIN)/python -m pytest --nbval-lax $(CHAT_NOTEBOOKS))
 

@@ -11,13 +11,13 @@ This module writes that manifest from a config file of this repository::
 ``serveConfigV2`` is the config file's text, comments and all. The accelerator decides the
 worker pods' Kubernetes resources and the Ray resources their ``ray start`` declares:
 
-=========  ==================================  ====================================
-accelerator  pod resource (device plugin)      Ray resource on the node
-=========  ==================================  ====================================
-``gpu``    ``nvidia.com/gpu: 1``               ``GPU`` (Ray detects it)
-``npu``    ``huawei.com/Ascend910: 1``         ``NPU`` (declared: ``resources``)
-``cpu``    none                                ``CPU`` only
-=========  ==================================  ====================================
+===========  ===============================  =====================================
+accelerator  worker pod asks Kubernetes for   Ray resource on the node
+===========  ===============================  =====================================
+``gpu``      ``nvidia.com/gpu: 1``            ``GPU`` (Ray detects it)
+``npu``      ``huawei.com/Ascend910: 1``      ``NPU`` (declared: ``rayStartParams``)
+``cpu``      nothing more                     ``CPU`` only
+===========  ===============================  =====================================
 """
 
 from __future__ import annotations
