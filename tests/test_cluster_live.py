@@ -65,7 +65,7 @@ def test_whoami_http_reports_request_id(whoami):
 def test_whoami_handle_path(whoami):
     """The same deployment through a DeploymentHandle (no HTTP): the route's method, called."""
     body = whoami.who.remote().result(timeout_s=30)
-    assert set(body) == {"replica", "pid", "request_id"}
+    assert set(body) == {"replica", "pid", "node", "request_id"}
 
 
 def test_both_replicas_serve(whoami):

@@ -132,7 +132,9 @@ class LocalCluster:
         # Its own temporary directory (by default one per port plan): Ray's sessions, logs and
         # address file, and how this helper tells its processes from another cluster's.
         self.temp_dir = str(temp_dir or Path(tempfile.gettempdir()) / f"ray-local-{base_port}")
-        self.env = {**AUTH_ENV, **(env or {})}
+        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which helpers.start sets for a private Ray in
+        # this process, would make `ray start` refuse to add nodes: not for this cluster.
+        self.env = {**AUTH_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **(env or {})}
         self.ray = str(Path(sys.executable).with_name("ray"))
 
     @property
