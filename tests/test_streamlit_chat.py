@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 import helpers
 from apps import openai_api
@@ -42,7 +44,57 @@ def page(api_url, monkeypatch):
 def chat(at, question: str) -> str:
     at.chat_input[0].set_value(question).run()
     assert not at.exception and not at.error, (at.exception, at.error)
-    return at.chat_message[-1].markdown[0].value
+    return at.chat_message[-1].text[0].value
+
+
+# An answer with Markdown's marks in it: read as Markdown, "__init__" shows as a bold "init".
+MARKED = next(item for item in QA if "__init__" in item["answer"])
+
+
+class BreaksOff:
+    """What the model deployment's handle yields to ``openai_api.sse``: some pieces of text,
+    then an exception, as when the model's replica dies in the middle of an answer."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = list(pieces)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> str:
+        if self.pieces:
+            return self.pieces.pop(0)
+        raise RuntimeError("the model's replica died")
+
+    def cancel(self) -> None:
+        pass
+
+
+PARTIAL = ["Serve calls ", "__init__ once ", "per replica"]
+
+
+@pytest.fixture(scope="module")
+def breaking_api():
+    """An API that answers with openai_api's own stream, which breaks off after three pieces
+    (an error event after the 200, as a replica lost mid-answer produces)."""
+    api = FastAPI()
+
+    @api.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": "breaks-off", "object": "model", "created": 0, "owned_by": "test"}]}
+
+    @api.post("/v1/chat/completions")
+    async def completions() -> StreamingResponse:
+        chunks = BreaksOff(PARTIAL)
+        first = await anext(chunks)
+        head = {"id": "chatcmpl-test", "created": 0, "model": "breaks-off"}
+        return StreamingResponse(openai_api.sse(head, first, chunks, False), media_type="text/event-stream")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with helpers.serve_locally(api, port) as url:
+        yield url + "/v1"
 
 
 def test_the_page_names_the_model(page):
@@ -64,6 +116,38 @@ def test_a_long_chat_forgets_its_oldest_turns_instead_of_failing(page):
     for item in QA[:6]:
         assert chat(page, item["question"]) == item["answer"]
     assert len(page.session_state.messages) == 12  # the page keeps it all; the request does not
+
+
+def test_answers_are_shown_as_written_not_as_markdown(page):
+    assert chat(page, MARKED["question"]) == MARKED["answer"]
+    assert "__init__" in page.chat_message[-1].text[0].value
+    assert len(page.chat_message[-1].markdown) == 0  # st.text, never st.markdown
+    page.chat_input[0].set_value(QA[0]["question"]).run()  # on the next run, drawn again from the state
+    assert page.chat_message[1].text[0].value == MARKED["answer"]
+
+
+def test_a_stream_that_breaks_off_keeps_what_arrived(breaking_api, monkeypatch):
+    """An error event after the 200 reaches the openai client as ``openai.APIError`` (neither
+    a status nor a connection error): the page shows it and keeps the part of the answer."""
+    import openai
+    from streamlit.testing.v1 import AppTest
+
+    with openai.OpenAI(base_url=breaking_api, api_key="unused", max_retries=0) as client:
+        with pytest.raises(openai.APIError) as caught:
+            list(client.chat.completions.create(model="breaks-off", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True))
+    assert not isinstance(caught.value, (openai.APIStatusError, openai.APIConnectionError))
+
+    monkeypatch.setenv("SERVE_OPENAI_URL", breaking_api)
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.run()
+    at.chat_input[0].set_value("What does Serve call?").run()
+    assert not at.exception, at.exception
+    assert at.chat_message[-1].text[0].value == "".join(PARTIAL)
+    assert "broke off" in at.error[0].value and "generation failed" in at.error[0].value
+    assert at.session_state.messages[-1]["content"] == "".join(PARTIAL)
+    at.run()  # drawn again from the session state: the part and the error stay
+    assert at.chat_message[-1].text[0].value == "".join(PARTIAL) and "broke off" in at.error[0].value
 
 
 def test_without_a_server_the_page_says_so(monkeypatch):
@@ -138,6 +222,55 @@ def test_in_a_browser_the_answer_grows(api_url, tmp_path, local_only):
                 page.evaluate("document.fonts.ready")  # the avatars' icon font
                 update = os.environ.get("UPDATE_SCREENSHOT") == "1"
                 page.screenshot(path=str(SCREENSHOT if update else tmp_path / "streamlit_chat.png"))
+                # An answer with Markdown's marks in it is shown as the model wrote it.
+                box = page.get_by_test_id("stChatInputTextArea")
+                box.fill(MARKED["question"])
+                box.press("Enter")
+                last = page.get_by_test_id("stChatMessageContent").last
+                expect(last).to_have_text(MARKED["answer"], timeout=60_000)
+                assert "__init__" in last.inner_text()
+                expect(last.locator("strong, em, b, i")).to_have_count(0)
+            finally:
+                browser.close()
+    finally:
+        helpers.stop_process_tree(proc)
+    assert only_here.outside == [], f"the page tried to reach other hosts: {only_here.outside}"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_in_a_browser_a_stream_that_breaks_off_keeps_what_arrived(breaking_api, tmp_path, local_only):
+    from playwright.sync_api import expect, sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = helpers.start_background(
+        [STREAMLIT, "run", str(PAGE), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.address", "127.0.0.1", "--server.port", str(port)],
+        tmp_path / "streamlit.log", env={"SERVE_OPENAI_URL": breaking_api},
+    )
+    page_url = f"http://127.0.0.1:{port}"
+    only_here = local_only(page_url)
+    try:
+        helpers.wait_until(lambda: requests.get(f"{page_url}/_stcore/health", timeout=2).ok, 60, "streamlit to start")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update"])
+            try:
+                page = browser.new_page(viewport={"width": 900, "height": 800})
+                page.route("**/*", only_here)
+                page.goto(page_url)
+                expect(page.get_by_text("breaks-off").first).to_be_visible(timeout=60_000)
+                box = page.get_by_test_id("stChatInputTextArea")
+                box.fill("What does Serve call?")
+                box.press("Enter")
+                answer = page.get_by_test_id("stChatMessage").last
+                expect(answer.get_by_test_id("stAlert")).to_contain_text("broke off", timeout=60_000)
+                expect(answer.get_by_test_id("stText")).to_have_text("".join(PARTIAL))
+                expect(answer.locator("strong, em, b, i")).to_have_count(0)  # __init__ as written
+                expect(page.get_by_test_id("stException")).to_have_count(0)  # the page did not crash
             finally:
                 browser.close()
     finally:

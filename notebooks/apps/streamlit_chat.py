@@ -11,13 +11,15 @@ Streamlit runs this whole script again on every interaction (a message sent, a b
 pressed), once per browser tab. So what must outlive a run is kept on purpose: the
 conversation in ``st.session_state`` (one per tab), the API client in ``st.cache_resource``
 (one for all tabs: the ``openai`` client is safe to share between threads). The answer is
-streamed into the page with ``st.write_stream`` as the model writes it.
+drawn as it streams in, as plain text (``st.text``): the model's words are shown as it wrote
+them, not read as Markdown (where ``__init__`` would turn into a bold "init"). An error in the
+middle of a stream (``openai.APIError``) keeps the part of the answer that arrived.
 """
 
 import os
 
 import streamlit as st
-from openai import APIConnectionError, APIStatusError, BadRequestError, OpenAI
+from openai import APIConnectionError, APIError, APIStatusError, BadRequestError, OpenAI
 
 BASE_URL = os.environ.get("SERVE_OPENAI_URL", "http://127.0.0.1:8000/v1")
 # The openai client refuses to start without a key: "unused" when the server wants none.
@@ -45,6 +47,7 @@ def model_name() -> str:
 def answer_stream(history: list[dict[str, str]], prompt: str):
     """Start streaming the answer to ``prompt`` after ``history``. A small model's context holds
     only a few turns: while the server says it is too long, forget the oldest question and answer."""
+    history = [{"role": m["role"], "content": m["content"]} for m in history]  # what the API takes
     while True:
         try:
             return client().chat.completions.create(
@@ -70,23 +73,31 @@ if "messages" not in st.session_state:  # this tab's conversation, kept across r
 
 for message in st.session_state.messages:  # the page is drawn anew on every rerun
     with st.chat_message(message["role"]):
-        st.markdown(message["content"])
+        st.text(message["content"], width="stretch")  # as written: st.markdown would read `__init__` as bold
+        if message.get("error"):
+            st.error(message["error"])
 
 if prompt := st.chat_input("Ask about Ray Serve"):
     with st.chat_message("user"):
-        st.markdown(prompt)
+        st.text(prompt, width="stretch")
     with st.chat_message("assistant"):
+        shown, answer, error = st.empty(), "", None
         try:
-            stream = answer_stream(st.session_state.messages, prompt)
-            # write_stream shows the text as it grows, and returns all of it at the end
-            answer = st.write_stream(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+            for chunk in answer_stream(st.session_state.messages, prompt):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    answer += chunk.choices[0].delta.content
+                    shown.text(answer, width="stretch")  # the answer so far, redrawn as it grows
         except APIStatusError as exc:  # e.g. 400: this message alone does not fit the model
-            st.error(exc.message)
-        except APIConnectionError as exc:
-            st.error(f"The chat API did not answer: {exc}")
-        else:
-            st.session_state.messages += [{"role": "user", "content": prompt},
-                                          {"role": "assistant", "content": answer}]
+            error = exc.message
+        except APIConnectionError as exc:  # no server, or the connection broke
+            error = f"The chat API did not answer: {exc}"
+        except APIError as exc:  # an error event in the middle of the stream (after the 200)
+            error = f"The answer broke off: {exc.message}"
+        if error:
+            st.error(error)
+        if answer:  # keep what arrived, even when the stream broke off
+            turn = {"role": "assistant", "content": answer, **({"error": error} if error else {})}
+            st.session_state.messages += [{"role": "user", "content": prompt}, turn]
 
 if st.session_state.messages and st.button("New chat"):
     st.session_state.messages = []
