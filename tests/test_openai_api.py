@@ -69,6 +69,34 @@ def test_stream_grows_to_the_same_answer_with_usage_last(client):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_usage_is_null_on_every_chunk_but_the_last_as_at_openai(client):
+    """With include_usage, OpenAI sends "usage": null on every chunk before the last; without
+    it, no usage field at all. ``to_dict()`` keeps the fields the server sent, nulls included."""
+    question = ask(QA[5]["question"])
+    chunks = [c.to_dict() for c in client.chat.completions.create(
+        model=MODEL, messages=question, stream=True, stream_options={"include_usage": True})]
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1]), chunks[:2]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    plain = [c.to_dict() for c in client.chat.completions.create(model=MODEL, messages=question, stream=True)]
+    assert not any("usage" in c for c in plain)
+
+
+def test_stream_options_without_stream_is_400_as_at_openai(client):
+    for stream in ({}, {"stream": False}):
+        with pytest.raises(BadRequestError) as caught:
+            client.chat.completions.create(model=MODEL, messages=ask("hi"), stream_options={"include_usage": True},
+                                           **stream)
+        assert caught.value.param == "stream_options", caught.value.body
+
+
+def test_max_completion_tokens_replaces_the_deprecated_max_tokens(client):
+    question = ask(QA[3]["question"])
+    reply = client.chat.completions.create(model=MODEL, messages=question, max_completion_tokens=4)
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
+    both = client.chat.completions.create(model=MODEL, messages=question, max_completion_tokens=3, max_tokens=9)
+    assert both.usage.completion_tokens == 3  # max_completion_tokens wins
+
+
 def test_raw_stream_is_server_sent_events_ending_with_done(url):
     body = {"model": MODEL, "messages": ask(QA[1]["question"]), "stream": True}
     with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=120) as r:
@@ -193,3 +221,21 @@ def test_with_a_key_only_its_bearer_gets_in(keyed_url):
     with OpenAI(base_url=f"{keyed_url}/v1", api_key="s3cret-key", max_retries=0, timeout=120) as client:
         reply = client.chat.completions.create(model=MODEL, messages=ask(QA[4]["question"]))
     assert reply.choices[0].message.content == QA[4]["answer"]
+
+
+def test_with_a_key_the_api_description_stays_open_and_holds_no_key(keyed_url):
+    """FastAPI's /docs and /openapi.json are not behind the key: they describe the API only."""
+    for path in ("/docs", "/openapi.json"):
+        r = requests.get(f"{keyed_url}{path}", timeout=30)
+        assert r.status_code == 200 and "s3cret-key" not in r.text
+    assert "/v1/chat/completions" in requests.get(f"{keyed_url}/openapi.json", timeout=30).json()["paths"]
+
+
+def test_a_bound_key_is_not_in_the_dashboard_but_is_kept_in_the_gcs(keyed_url, serve_cluster):
+    """What notebook 08 says: a bind argument is not in the dashboard's Serve API, and it is in
+    the controller's checkpoint in the GCS (pickled, readable by anyone who can connect)."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+    assert "s3cret-key" not in json.dumps(helpers.serve_details(serve_cluster.dashboard_url))
+    stored = [_internal_kv_get(k, namespace=b"serve") or b"" for k in _internal_kv_list(b"", namespace=b"serve")]
+    assert any(b"s3cret-key" in value for value in stored)

@@ -16,21 +16,30 @@ Any program written for OpenAI's chat API talks to it by changing the base URL::
     print(reply.choices[0].message.content, reply.usage)
 
 ``GET /v1/models`` lists the one model (its folder's name). ``POST /v1/chat/completions``
-takes ``model``, ``messages``, ``max_tokens`` (or ``max_completion_tokens``), ``temperature``
-(0 to 2; **default 0**, greedy, where OpenAI's is 1), ``stream`` and
-``stream_options.include_usage``. With ``stream: true`` the answer comes as server-sent events,
-``data: {chunk}`` lines ending with ``data: [DONE]``. Errors have OpenAI's shape,
+takes ``model``, ``messages``, ``max_completion_tokens`` (or ``max_tokens``, which OpenAI has
+deprecated in its favour), ``temperature`` (0 to 2; **default 0**, greedy, where OpenAI's is
+1), ``stream`` and, with ``stream: true`` only, ``stream_options.include_usage``. With
+``stream: true`` the answer comes as server-sent events, ``data: {chunk}`` lines ending with
+``data: [DONE]``; with ``include_usage`` every chunk carries ``"usage": null`` but a last one,
+without choices, that carries the counts (as OpenAI sends them). Errors have OpenAI's shape,
 ``{"error": {"message", "type", "param", "code"}}``: 400 for a request the schema refuses or the
 model cannot take (a prompt longer than its context), 401 for a missing or wrong API key,
 404 for another model's name or an unknown path; parameters this server does not implement
 (``tools``, ``top_p``, ``n`` > 1, ...) get a 400 that names them instead of being ignored.
 
 **API key.** Off by default: on 127.0.0.1 only programs on this machine reach the server.
-When ``SERVE_API_KEY`` is set in the replica's environment (``runtime_env: {env_vars: ...}``
-in a config file) or ``OpenAIServer.bind(model, api_key=...)`` is given one, every ``/v1``
-request must send ``Authorization: Bearer <key>`` (what the ``openai`` client sends for its
-``api_key``). Anyone who can read the application's config (the dashboard, ``serve status``)
-can read the key, so keep the dashboard private.
+When ``SERVE_API_KEY`` is set in the replica's environment or
+``OpenAIServer.bind(model, api_key=...)`` is given one, every ``/v1`` request must send
+``Authorization: Bearer <key>`` (what the ``openai`` client sends for its ``api_key``).
+Keep the key out of the application's config: a ``runtime_env`` ``env_vars`` entry is shown in
+clear by the dashboard's Serve view (and its REST API), and a bind argument is stored, pickled,
+in the GCS. Set ``SERVE_API_KEY`` in the environment of the Ray processes instead
+(``SERVE_API_KEY=... ray start ...``; the replicas inherit it), on Kubernetes from a Secret
+(``env: [{name: SERVE_API_KEY, valueFrom: {secretKeyRef: ...}}]`` in the pod templates).
+``/docs``, ``/redoc`` and ``/openapi.json`` (FastAPI's description of the API) stay open
+with the key on; they hold no secret, and ``FastAPI(docs_url=None, redoc_url=None,
+openapi_url=None)`` turns them off. The key travels in clear over HTTP: off this machine,
+use TLS (Serve's ``http_options`` ``ssl_keyfile`` and ``ssl_certfile``, or a proxy in front).
 
 ``OpenAIServer`` holds no model and no per-user state: each request is complete in itself,
 so unlike a Gradio page it may run on several replicas. The model scales on its own
@@ -89,7 +98,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    include_usage: StrictBool = False
+    include_usage: StrictBool = False  # with stream: true only, as at OpenAI
 
 
 class ChatCompletionRequest(BaseModel):
@@ -99,8 +108,8 @@ class ChatCompletionRequest(BaseModel):
 
     model: StrictStr = Field(examples=["tiny-chat"])
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: TokenCount | None = None
     max_completion_tokens: TokenCount | None = Field(None, description="Wins over max_tokens when both are set.")
+    max_tokens: TokenCount | None = Field(None, description="Deprecated by OpenAI: use max_completion_tokens.")
     temperature: Temperature | None = Field(None, description="Default 0: greedy, the same answer every time.")
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
@@ -183,6 +192,8 @@ async def sse(head: dict[str, Any], first: Any, chunks: Any, include_usage: bool
     """The answer as OpenAI's stream: a chunk with the role, one per piece of text, one with
     the finish reason, the usage if asked for, then ``[DONE]``."""
     head = {**head, "object": "chat.completion.chunk"}
+    if include_usage:  # as OpenAI does: "usage": null on every chunk but the last
+        head["usage"] = None
 
     def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
         return _event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
@@ -261,6 +272,9 @@ class OpenAIServer:
         if body.model != self.model_name:
             raise APIError(404, f"The model `{body.model}` does not exist; this server has `{self.model_name}`.",
                            param="model", code="model_not_found")
+        if body.stream_options is not None and not body.stream:
+            raise APIError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                           param="stream_options")
         messages = to_chat_core(body.messages)
         options = {"max_new_tokens": body.max_completion_tokens or body.max_tokens,
                    "temperature": body.temperature or 0.0}
