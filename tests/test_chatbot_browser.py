@@ -101,3 +101,28 @@ def test_four_pages_chat_at_once(base_url, tmp_path, local_only):
         finally:
             browser.close()
     assert only_here.outside == [], f"the page tried to reach other hosts: {only_here.outside}"
+
+
+def test_answers_are_shown_as_written_not_as_markdown(base_url, local_only):
+    """An answer with ``__init__`` in it shows ``__init__``, not a bold "init"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    item = next(item for item in QA if "__init__" in item["answer"])
+    only_here = local_only(base_url)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 760})
+            page.route("**/*", only_here)
+            page.goto(f"{base_url}/")
+            expect(page.get_by_role("heading", name="Ray Serve chatbot")).to_be_visible(timeout=30_000)
+            textbox = page.get_by_test_id("textbox")
+            textbox.fill(item["question"])
+            textbox.press("Enter")
+            bot = page.get_by_test_id("bot").last
+            expect(bot).to_have_text(item["answer"], timeout=60_000)
+            assert "__init__" in bot.inner_text()
+            expect(bot.locator("strong, em, b, i")).to_have_count(0)
+        finally:
+            browser.close()
+    assert only_here.outside == [], f"the page tried to reach other hosts: {only_here.outside}"

@@ -139,6 +139,8 @@ def build_app(stream: StreamFn, info: dict[str, Any], include_history: bool = Tr
 
     ui = gr.ChatInterface(
         respond,
+        # The model's words as it wrote them: rendered as Markdown, `__init__` would show as a bold "init".
+        chatbot=gr.Chatbot(render_markdown=False, scale=1),
         title="Ray Serve chatbot",
         description=f"Model: {info['model']} on {info['device']}. Answers stream as they are generated.",
         examples=EXAMPLES,
