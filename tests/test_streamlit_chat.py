@@ -4,6 +4,7 @@
 Both talk to the OpenAI-compatible app deployed on the session's private Ray (``/openai``).
 """
 
+import contextlib
 import os
 import socket
 import sys
@@ -164,12 +165,77 @@ def test_without_a_server_the_page_says_so(monkeypatch):
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_in_a_browser_the_answer_grows(api_url, tmp_path, local_only):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
+
+    with streamlit_in_chromium(api_url, tmp_path / "streamlit.log", local_only, height=1000) as page:
+        expect(page.get_by_text("Ray Serve chat").first).to_be_visible(timeout=60_000)
+        # tiny-chat writes a whole answer in a fraction of a second, faster than the page
+        # draws: slow the page's connection down (4 kB/s, now that it is loaded), as a
+        # slower model would, so that each step of the stream gets drawn.
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions",
+                 {"offline": False, "latency": 0, "downloadThroughput": 4000, "uploadThroughput": -1})
+        # every text the last chat message shows, to see the answer grow
+        page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
+            const m = document.querySelectorAll('[data-testid="stChatMessageContent"]');
+            const t = m.length ? m[m.length - 1].innerText.trim() : "";
+            if (t && t !== window.seen.at(-1)) window.seen.push(t);
+          }).observe(document.body, {subtree: true, childList: true, characterData: true}); }""")
+        for item in QA[6:9]:
+            box = page.get_by_test_id("stChatInputTextArea")
+            box.fill(item["question"])
+            box.press("Enter")
+            expect(page.get_by_test_id("stChatMessageContent").last).to_have_text(item["answer"], timeout=60_000)
+            page.evaluate("() => { window.answers = (window.answers || []).concat([window.seen]); window.seen = []; }")
+        messages = page.get_by_test_id("stChatMessageContent")
+        expect(messages).to_have_count(6)
+        # The page showed each answer growing: parts of it first, then all of it. Most
+        # answers are drawn in several steps; one may come in one or two.
+        steps = []
+        for grown, item in zip(page.evaluate("window.answers"), QA[6:9]):
+            growing = [t for t in grown if item["answer"].startswith(t)]
+            assert growing[-1] == item["answer"], grown
+            steps.append(len(growing))
+        assert sorted(steps)[1] >= 3, steps
+        page.evaluate("document.fonts.ready")  # the avatars' icon font
+        update = os.environ.get("UPDATE_SCREENSHOT") == "1"
+        page.screenshot(path=str(SCREENSHOT if update else tmp_path / "streamlit_chat.png"))
+        # An answer with Markdown's marks in it is shown as the model wrote it.
+        box = page.get_by_test_id("stChatInputTextArea")
+        box.fill(MARKED["question"])
+        box.press("Enter")
+        last = page.get_by_test_id("stChatMessageContent").last
+        expect(last).to_have_text(MARKED["answer"], timeout=60_000)
+        assert "__init__" in last.inner_text()
+        expect(last.locator("strong, em, b, i")).to_have_count(0)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_in_a_browser_a_stream_that_breaks_off_keeps_what_arrived(breaking_api, tmp_path, local_only):
+    from playwright.sync_api import expect
+
+    with streamlit_in_chromium(breaking_api, tmp_path / "streamlit.log", local_only, height=800) as page:
+        expect(page.get_by_text("breaks-off").first).to_be_visible(timeout=60_000)
+        box = page.get_by_test_id("stChatInputTextArea")
+        box.fill("What does Serve call?")
+        box.press("Enter")
+        answer = page.get_by_test_id("stChatMessage").last
+        expect(answer.get_by_test_id("stAlert")).to_contain_text("broke off", timeout=60_000)
+        expect(answer.get_by_test_id("stText")).to_have_text("".join(PARTIAL))
+        expect(answer.locator("strong, em, b, i")).to_have_count(0)  # __init__ as written
+        expect(page.get_by_test_id("stException")).to_have_count(0)  # the page did not crash
+
+
+@contextlib.contextmanager
+def streamlit_in_chromium(api_url: str, log, local_only, height: int):
+    """The page started with `streamlit run` on a free port of 127.0.0.1, opened in headless
+    chromium that may reach nothing but the page; stopped afterwards, and checked to have stayed local."""
+    from playwright.sync_api import sync_playwright
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = tmp_path / "streamlit.log"
     proc = helpers.start_background(
         [STREAMLIT, "run", str(PAGE), "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.address", "127.0.0.1", "--server.port", str(port)],
@@ -177,7 +243,6 @@ def test_in_a_browser_the_answer_grows(api_url, tmp_path, local_only):
     )
     page_url = f"http://127.0.0.1:{port}"
     only_here = local_only(page_url)
-
     try:
         helpers.wait_until(lambda: requests.get(f"{page_url}/_stcore/health", timeout=2).ok, 60, "streamlit to start")
         with sync_playwright() as playwright:
@@ -186,91 +251,10 @@ def test_in_a_browser_the_answer_grows(api_url, tmp_path, local_only):
                 args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                       "--disable-background-networking", "--disable-component-update"])
             try:
-                page = browser.new_page(viewport={"width": 900, "height": 1000})
+                page = browser.new_page(viewport={"width": 900, "height": height})
                 page.route("**/*", only_here)
                 page.goto(page_url)
-                expect(page.get_by_text("Ray Serve chat").first).to_be_visible(timeout=60_000)
-                # tiny-chat writes a whole answer in a fraction of a second, faster than the page
-                # draws: slow the page's connection down (4 kB/s, now that it is loaded), as a
-                # slower model would, so that each step of the stream gets drawn.
-                cdp = page.context.new_cdp_session(page)
-                cdp.send("Network.enable")
-                cdp.send("Network.emulateNetworkConditions",
-                         {"offline": False, "latency": 0, "downloadThroughput": 4000, "uploadThroughput": -1})
-                # every text the last chat message shows, to see the answer grow
-                page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
-                    const m = document.querySelectorAll('[data-testid="stChatMessageContent"]');
-                    const t = m.length ? m[m.length - 1].innerText.trim() : "";
-                    if (t && t !== window.seen.at(-1)) window.seen.push(t);
-                  }).observe(document.body, {subtree: true, childList: true, characterData: true}); }""")
-                for item in QA[6:9]:
-                    box = page.get_by_test_id("stChatInputTextArea")
-                    box.fill(item["question"])
-                    box.press("Enter")
-                    expect(page.get_by_test_id("stChatMessageContent").last).to_have_text(item["answer"], timeout=60_000)
-                    page.evaluate("() => { window.answers = (window.answers || []).concat([window.seen]); window.seen = []; }")
-                messages = page.get_by_test_id("stChatMessageContent")
-                expect(messages).to_have_count(6)
-                # The page showed each answer growing: parts of it first, then all of it. Most
-                # answers are drawn in several steps; one may come in one or two.
-                steps = []
-                for grown, item in zip(page.evaluate("window.answers"), QA[6:9]):
-                    growing = [t for t in grown if item["answer"].startswith(t)]
-                    assert growing[-1] == item["answer"], grown
-                    steps.append(len(growing))
-                assert sorted(steps)[1] >= 3, steps
-                page.evaluate("document.fonts.ready")  # the avatars' icon font
-                update = os.environ.get("UPDATE_SCREENSHOT") == "1"
-                page.screenshot(path=str(SCREENSHOT if update else tmp_path / "streamlit_chat.png"))
-                # An answer with Markdown's marks in it is shown as the model wrote it.
-                box = page.get_by_test_id("stChatInputTextArea")
-                box.fill(MARKED["question"])
-                box.press("Enter")
-                last = page.get_by_test_id("stChatMessageContent").last
-                expect(last).to_have_text(MARKED["answer"], timeout=60_000)
-                assert "__init__" in last.inner_text()
-                expect(last.locator("strong, em, b, i")).to_have_count(0)
-            finally:
-                browser.close()
-    finally:
-        helpers.stop_process_tree(proc)
-    assert only_here.outside == [], f"the page tried to reach other hosts: {only_here.outside}"
-
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_in_a_browser_a_stream_that_breaks_off_keeps_what_arrived(breaking_api, tmp_path, local_only):
-    from playwright.sync_api import expect, sync_playwright
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = helpers.start_background(
-        [STREAMLIT, "run", str(PAGE), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.address", "127.0.0.1", "--server.port", str(port)],
-        tmp_path / "streamlit.log", env={"SERVE_OPENAI_URL": breaking_api},
-    )
-    page_url = f"http://127.0.0.1:{port}"
-    only_here = local_only(page_url)
-    try:
-        helpers.wait_until(lambda: requests.get(f"{page_url}/_stcore/health", timeout=2).ok, 60, "streamlit to start")
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update"])
-            try:
-                page = browser.new_page(viewport={"width": 900, "height": 800})
-                page.route("**/*", only_here)
-                page.goto(page_url)
-                expect(page.get_by_text("breaks-off").first).to_be_visible(timeout=60_000)
-                box = page.get_by_test_id("stChatInputTextArea")
-                box.fill("What does Serve call?")
-                box.press("Enter")
-                answer = page.get_by_test_id("stChatMessage").last
-                expect(answer.get_by_test_id("stAlert")).to_contain_text("broke off", timeout=60_000)
-                expect(answer.get_by_test_id("stText")).to_have_text("".join(PARTIAL))
-                expect(answer.locator("strong, em, b, i")).to_have_count(0)  # __init__ as written
-                expect(page.get_by_test_id("stException")).to_have_count(0)  # the page did not crash
+                yield page
             finally:
                 browser.close()
     finally:
