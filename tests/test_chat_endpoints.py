@@ -1,5 +1,6 @@
 """apps.chat_endpoints: the Serve side of notebook 09 (plain, @serve.batch, streaming)."""
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -72,3 +73,18 @@ def test_bad_input_gets_a_4xx(url, route, body, status):
     response = requests.post(f"{url}/{route}", json=body, timeout=60)
     assert response.status_code == status, response.text
     assert post(url, route, QA[0]["question"]).status_code == 200
+
+
+def test_sixteen_requests_generate_at_most_as_many_at_once_as_the_replicas_pool_has_threads(url):
+    # asyncio.to_thread uses the replica's default thread pool, which Serve sizes from
+    # num_cpus (ray/serve/_private/replica.py): min(32, max(1, ceil(num_cpus)) + 4).
+    num_cpus = chat_endpoints.ChatEndpoints.ray_actor_options["num_cpus"]
+    pool = min(32, max(1, math.ceil(num_cpus)) + 4)
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool_of_clients:
+        answers = list(pool_of_clients.map(lambda q: post(url, "chat", q).json()["answer"], QUESTIONS))
+    assert answers == [item["answer"] for item in QA[:16]]
+    from ray import serve
+
+    seen = serve.get_app_handle("endpoints").at_once.remote().result(timeout_s=30)
+    assert seen["generating"] == seen["threads"] == pool, seen
+    assert seen["requests"] > pool, seen  # the rest wait in the replica for a thread

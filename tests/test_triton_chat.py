@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -37,11 +38,16 @@ def _environment() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def folder(tmp_path_factory):
     _environment()
     folder = tmp_path_factory.mktemp("my_project")
     for name in ("triton_chat.py", "chat_core.py", "accelerator.py", "validation.py"):
         shutil.copy(pytriton.APP.parent / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(folder):
     started = pytriton.start_triton(
         folder / "triton.log", http_port=PORT, model=ASSETS / "tiny-chat", app=folder / "triton_chat.py"
     )
@@ -125,6 +131,68 @@ def test_streaming_yields_growing_text(server):
     assert len(chunks) > 3 and all(e["error"] == "" for e in events)
     assert "".join(chunks).strip() == QA[2]["answer"]
     assert len(stream(server, QA[2]["question"], max_new_tokens=4)) <= 4
+
+
+# The stream model called with several requests at once, as PyTriton's inference handler calls
+# it, every list it yields checked by PyTriton's own validator (which refuses a list whose
+# length is not the number of requests). Run in PyTriton's environment, on the copied module.
+SEVERAL_REQUESTS = r"""
+import json, sys
+import numpy as np
+from pytriton.decorators import TritonContext
+from pytriton.model_config.triton_model_config import TensorSpec, TritonModelConfig
+from pytriton.proxy.types import Request
+from pytriton.proxy.validators import TritonResultsValidator
+from chat_core import ChatModel
+from triton_chat import INPUTS, OUTPUTS, TritonChat
+
+chat = TritonChat(ChatModel(sys.argv[1]))
+spec = lambda t: TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype, optional=t.optional)
+config = TritonModelConfig(model_name="chat_stream", batching=False, decoupled=True,
+                           inputs=[spec(t) for t in INPUTS], outputs=[spec(t) for t in OUTPUTS])
+context = TritonContext()
+context.model_configs[chat.chat_stream] = config
+chat.__triton_context__ = context  # what Triton.bind does
+validator = TritonResultsValidator(config, strict=True)
+
+requests = []
+for prompt, tokens in json.loads(sys.argv[2]):
+    data = {"prompt": np.array([json.dumps(prompt).encode()], dtype=np.object_)}
+    if tokens is not None:
+        data["max_new_tokens"] = np.array([tokens], dtype=np.int32)
+    requests.append(Request(data=data))
+events = [[] for _ in requests]
+for responses in chat.chat_stream(requests):
+    validator.validate_responses(requests, responses)
+    for i, response in enumerate(responses):
+        events[i].append({k: v[0].decode() for k, v in response.items()})
+try:
+    validator.validate_responses(requests, responses[:1])
+except ValueError as exc:
+    refused = str(exc)
+print(json.dumps({"events": events, "refused": refused}))
+"""
+
+
+def test_the_stream_model_answers_several_requests_in_one_call(folder, server):
+    several = [(QA[2]["question"], None), ("   ", None), (QA[0]["question"], None), (QA[1]["question"], 5)]
+    python = pytriton.pytriton_python()
+    done = subprocess.run(
+        [str(python), "-c", SEVERAL_REQUESTS, str(ASSETS / "tiny-chat"), json.dumps(several)],
+        cwd=folder, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "LD_LIBRARY_PATH": pytriton.library_dir(python)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "does not match number of requests" in result["refused"]  # the validator does refuse
+    events = result["events"]  # per request, the responses it got
+    assert len({len(e) for e in events}) == 1 and len(events[0]) > 5  # one response per request each time
+    texts = ["".join(e["answer"] for e in request) for request in events]
+    # Each request gets the answer it gets alone (the plain model, over HTTP).
+    alone = [infer(server, "chat", [prompt], None if tokens is None else [tokens])[0] for prompt, tokens in several]
+    assert [(t.strip(), e[0]["error"]) for t, e in zip(texts, events)] == alone
+    assert alone[0][0] == QA[2]["answer"] and alone[1] == ("", "prompt: the message must not be blank")
+    assert all(e["error"] == "" for request in events for e in request[1:])
 
 
 @pytest.mark.parametrize(

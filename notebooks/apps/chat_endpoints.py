@@ -12,12 +12,15 @@ two answer ``llm.py``'s JSON. A prompt is checked before it joins a batch, so a 
 422 alone and never fails the requests batched with it.
 
 ``ChatEndpoints.bind(num_threads=N)`` sets torch's threads in the replica (Ray otherwise sets
-them from ``num_cpus``), so that a comparison gives both servers the same. To use this module
-in a project of your own, copy it with ``llm.py`` and the modules that one needs.
+them from ``num_cpus``), so that a comparison gives both servers the same. ``at_once()``
+(through a handle) says how many ``/chat`` requests the replica held at once, and how many
+``generate()`` calls ran at once, in how many threads. To use this module in a project of your
+own, copy it with ``llm.py`` and the modules that one needs.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations at run time.
 import asyncio
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -42,6 +45,25 @@ MAX_BATCH_SIZE = 16  # as triton_chat.py
 api = clear_errors(FastAPI(title="Chat model, three endpoints"))
 
 
+class AtOnce:
+    """Counts what is in progress at once, from any thread: ``with at_once: ...``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = self.most = 0
+        self.threads: set[int] = set()  # the threads it ran in
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.threads.add(threading.get_ident())
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
 async def _chunks(stream) -> AsyncIterator[str]:
     try:
         async for chunk in stream:
@@ -63,11 +85,18 @@ class ChatEndpoints:
             torch.set_num_threads(num_threads)
         self.model = ChatModel(model_path)
         self.batch_sizes: Counter[int] = Counter()  # batch size -> batches run
+        self.requests, self.generating = AtOnce(), AtOnce()  # /chat requests; generate() calls
 
     @api.post("/chat")
     async def chat(self, question: Question) -> Answer:
-        result = await asyncio.to_thread(self.model.generate, question.prompt, max_new_tokens=question.max_new_tokens)
+        with self.requests:
+            # asyncio.to_thread: a thread of the replica's default pool runs generate()
+            result = await asyncio.to_thread(self._generate, question.prompt, question.max_new_tokens)
         return Answer.of(self.model, result)
+
+    def _generate(self, prompt: str | list, max_new_tokens: int | None) -> Generation:
+        with self.generating:
+            return self.model.generate(prompt, max_new_tokens=max_new_tokens)
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
     async def generate_batch(self, prompts: list[Prompt]) -> list[Generation]:
@@ -88,6 +117,11 @@ class ChatEndpoints:
     def batches(self) -> dict[int, int]:
         """How many batches of each size this replica has run (call it through a handle)."""
         return dict(self.batch_sizes)
+
+    def at_once(self) -> dict[str, int]:
+        """The most /chat requests in the replica at once; the most generate() calls, and threads."""
+        return {"requests": self.requests.most, "generating": self.generating.most,
+                "threads": len(self.generating.threads)}
 # __chat_endpoints_end__
 
 

@@ -7,7 +7,7 @@ This module binds the same chat core that the Serve apps use, three ways:
 - ``chat_batched``: Triton's dynamic batcher groups concurrent requests (``@batch``,
   ``DynamicBatcher``) and the model answers the whole group in one ``generate()`` call;
 - ``chat_stream``: a decoupled model (``ModelConfig(decoupled=True)``) whose generator sends
-  the answer chunk by chunk.
+  the answer chunk by chunk, one response per request in every list it yields.
 
 Each takes ``prompt``, a JSON text: a user message (a JSON string) or a conversation (a JSON
 list of ``{"role", "content"}`` messages), and optionally ``max_new_tokens``; each answers
@@ -21,9 +21,9 @@ needed::
 
 A request that breaks the protocol (an unknown input, a wrong type or shape) gets Triton's own
 HTTP 400. A prompt the model cannot answer (not JSON, blank, too long) gets an empty
-``answer`` and the reason in ``error``: PyTriton turns an exception raised by an inference
-function into an HTTP 500 carrying the Python traceback, and fails every request batched with
-the bad one.
+``answer`` and the reason in ``error``: PyTriton reports an exception raised by an inference
+function to Triton as the error of every request in that call, with the Python traceback as
+its message (``pytriton/proxy/inference.py`` and ``proxy/model.py``).
 
 The server listens on 127.0.0.1 only, on ports 8100 (HTTP), 8101 (gRPC) and 8102 (metrics):
 Triton's defaults (8000-8002) are the ports Ray Serve uses. SIGINT or SIGTERM stops Triton and
@@ -125,17 +125,39 @@ class TritonChat:
     # __triton_stream_begin__
     @fill_optionals(**DEFAULTS)
     def chat_stream(self, requests: list) -> Iterator[list[dict[str, np.ndarray]]]:
-        """A decoupled model: any number of responses to a request (here, a chunk each)."""
-        for request in requests:  # one at a time: this model does not batch
+        """A decoupled model: any number of responses to each request, here a chunk at a time.
+
+        PyTriton sends the i-th response of every list this generator yields to the i-th
+        request, and refuses a list of another length: each list holds one response per
+        request. The requests' answers are generated side by side; one that is complete (or
+        refused) gets empty chunks until the others are.
+        """
+        streams: list[Iterator[str] | None] = []  # None: no more text for that request
+        errors: list[str] = []
+        for request in requests:
             try:
-                chunks = self.model.stream(
+                streams.append(self.model.stream(
                     decode_prompt(request["prompt"][0]), max_new_tokens=wanted_tokens(request["max_new_tokens"][0])
-                )
-            except BadPrompt as exc:
-                yield [{"answer": text_array([""])[0], "error": text_array([exc.message])[0]}]
-                continue
-            for chunk in chunks:
-                yield [{"answer": text_array([chunk])[0], "error": text_array([""])[0]}]
+                ))
+                errors.append("")
+            except BadPrompt as exc:  # its reason goes in the first response
+                streams.append(None)
+                errors.append(exc.message)
+        first = True
+        while first or any(streams):
+            chunks = []
+            for i, stream in enumerate(streams):
+                chunk = next(stream, None) if stream else None
+                if chunk is None:
+                    streams[i] = None  # ended: never ask it again (it would wait for ever)
+                chunks.append(chunk or "")
+            if not (first and any(errors)) and not any(streams):
+                return  # every answer is complete
+            yield [
+                {"answer": text_array([chunk])[0], "error": text_array([error if first else ""])[0]}
+                for chunk, error in zip(chunks, errors)
+            ]
+            first = False
     # __triton_stream_end__
 
 
