@@ -104,7 +104,11 @@ class LocalCluster:
         temp_dir: Ray's temporary directory for this cluster (sessions, logs, sockets, and the
             address file ``ray_current_cluster``). Default: ``/tmp/ray-local-<base_port>``.
             Keep it short: Ray's socket paths inside it must stay under 108 bytes.
-        env: extra environment for the Ray processes (e.g. ``PYTHONPATH``).
+        env: extra environment for the Ray processes of every node (e.g. ``PYTHONPATH``).
+        node_env: extra environment for one node's Ray processes, by node name, e.g.
+            ``{"worker-1": {"RAY_SERVE_WORKER_PROXY_HTTP_PORT": "23280"}}``. Everything that
+            node starts (raylet, workers, Serve's proxy and replicas there) inherits it, as on
+            a real machine where ``ray start`` runs with that environment.
 
     The ``ray start`` commands run with ``RAY_AUTH_MODE=token``. A Python process that joins
     the cluster (``ray.init``) needs it in its environment too, *before* it imports ``ray``:
@@ -121,6 +125,7 @@ class LocalCluster:
         base_port: int = 23000,
         temp_dir: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        node_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         if not 1 <= workers <= 20:
             raise ValueError("workers must be between 1 and 20")
@@ -135,6 +140,10 @@ class LocalCluster:
         # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which helpers.start sets for a private Ray in
         # this process, would make `ray start` refuse to add nodes: not for this cluster.
         self.env = {**AUTH_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **(env or {})}
+        self.node_env = {name: dict(values) for name, values in (node_env or {}).items()}
+        unknown = set(self.node_env) - {n.name for n in self.nodes}
+        if unknown:
+            raise ValueError(f"node_env names no node of this cluster: {sorted(unknown)}")
         self.ray = str(Path(sys.executable).with_name("ray"))
 
     @property
@@ -157,12 +166,22 @@ class LocalCluster:
     def command(self, node: LocalNode) -> list[str]:
         return [self.ray, "start", *node.start_args(self.address, self.temp_dir)]
 
+    def env_of(self, node: LocalNode) -> dict[str, str]:
+        """The extra environment ``ray start`` runs with on ``node``."""
+        return {**self.env, **self.node_env.get(node.name, {})}
+
     def script(self) -> str:
         """The shell commands :meth:`start` runs, as a reader would type them."""
-        lines = ["ray get-auth-token --generate        # once: creates ~/.ray/auth_token if there is none"]
+        lines = [
+            "# once, on the head: create ~/.ray/auth_token (if there is none), readable by you only.\n"
+            "# The command also prints the token: keep it out of logs and shared terminals.\n"
+            "ray get-auth-token --generate > /dev/null && chmod 600 ~/.ray/auth_token"
+        ]
         for node in self.nodes:
             args = node.start_args(self.address, self.temp_dir)
-            text = "RAY_AUTH_MODE=token ray start " + " \\\n    ".join(shlex.quote(a) for a in args)
+            env = {**AUTH_ENV, **self.node_env.get(node.name, {})}
+            prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+            text = f"{prefix} ray start " + " \\\n    ".join(shlex.quote(a) for a in args)
             lines.append(f"# {node.name} on {node.ip}\n{text}")
         return "\n\n".join(lines)
 
@@ -179,15 +198,19 @@ class LocalCluster:
             raise RuntimeError(f"ports already taken: {taken[:5]}... stop the other cluster, or pass base_port=")
         if self.processes():
             raise RuntimeError(f"a cluster at {self.address} is already running: call stop() first")
-        token = run_cli([self.ray, "get-auth-token", "--generate"])
+        token = run_cli([self.ray, "get-auth-token", "--generate"])  # prints the token: not shown
         if token.returncode != 0:
-            raise RuntimeError("ray get-auth-token failed:\n" + "\n".join(token.lines[-10:]))
+            raise RuntimeError("ray get-auth-token failed (its output is not shown: it may hold the token)")
+        # Ray writes the file with the process's umask (often world-readable): yours only.
+        token_file = Path.home() / ".ray" / "auth_token"
+        if token_file.exists():
+            token_file.chmod(0o600)
         return {node.name: self.start_node(node, timeout_s) for node in self.nodes}
 
     def start_node(self, node: LocalNode, timeout_s: float = 120) -> float:
         """``ray start`` one node (again); return the seconds until the cluster lists it alive."""
         t0 = time.monotonic()
-        result: CliResult = run_cli(self.command(node), env=self.env, timeout_s=timeout_s)
+        result: CliResult = run_cli(self.command(node), env=self.env_of(node), timeout_s=timeout_s)
         if result.returncode != 0:
             raise RuntimeError(f"ray start for {node.name} failed:\n" + "\n".join(result.lines[-15:]))
         _wait(lambda: node.ip in self.alive_ips(), timeout_s, f"{node.name} to be alive")
@@ -240,6 +263,38 @@ class LocalCluster:
             except psutil.NoSuchProcess:
                 continue
         return sorted(found.values(), key=lambda p: p.pid)
+
+    def node_id(self, node: LocalNode) -> str:
+        """The Ray node id of ``node``'s current (alive) incarnation."""
+        import requests
+
+        response = requests.get(
+            f"{self.dashboard_url}/api/v0/nodes",
+            params={"filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE", "limit": 1000},
+            headers={"Authorization": f"Bearer {auth_token()}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        ids = [n["node_id"] for n in response.json()["data"]["result"]["result"] if n["node_ip"] == node.ip]
+        if not ids:
+            raise LookupError(f"{node.name} is not alive")
+        return ids[0]
+
+    def drain_command(self, node: LocalNode, reason: str = "DRAIN_NODE_REASON_PREEMPTION",
+                      message: str = "preempted", deadline_s: int | None = None) -> list[str]:
+        """``ray drain-node`` for ``node``: ask the GCS to drain it (what the autoscaler does)."""
+        command = [self.ray, "drain-node", f"--address={self.address}", f"--node-id={self.node_id(node)}",
+                   f"--reason={reason}", f"--reason-message={message}"]
+        if deadline_s is not None:
+            command.append(f"--deadline-remaining-seconds={deadline_s}")
+        return command
+
+    def drain_node(self, node: LocalNode, **options: object) -> CliResult:
+        """Run :meth:`drain_command`; raise ``RuntimeError`` if the GCS does not accept the drain."""
+        result = run_cli(self.drain_command(node, **options), env=self.env)  # type: ignore[arg-type]
+        if result.returncode != 0:
+            raise RuntimeError(f"ray drain-node for {node.name} failed:\n" + "\n".join(result.lines[-10:]))
+        return result
 
     def stop_node(self, node: LocalNode, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
         """Send ``sig`` to every process of ``node``; wait until they are gone. Returns how many.
