@@ -10,6 +10,7 @@ from helpers.kuberay import rayservice, rayservice_yaml, serve_config_of
 
 CONFIGS = Path(__file__).resolve().parents[1] / "notebooks" / "configs"
 MANIFEST = CONFIGS / "rayservice_llm.yaml"
+NPU_MANIFEST = CONFIGS / "rayservice_llm_npu.yaml"
 SOURCE = CONFIGS / "llm_prod.yaml"
 
 
@@ -44,17 +45,30 @@ def test_worker_group_matches_what_the_deployment_asks_for():
     assert head["rayStartParams"] == {"num-cpus": "0"}
 
 
-def test_npu_workers_declare_the_npu_resource(tmp_path):
-    config = yaml.safe_load(SOURCE.read_text())
-    options = config["applications"][0]["deployments"][0]["ray_actor_options"]
-    del options["num_gpus"]
-    options["resources"] = {"NPU": 1}
-    npu_config = tmp_path / "npu.yaml"
-    npu_config.write_text(yaml.safe_dump(config))
+def _npu_config(tmp_path) -> Path:
+    # What notebook 10 does: llm_prod.yaml with its one `num_gpus: 1` line asking for an NPU.
+    import re
+
+    text = re.sub(r"num_gpus: 1 .*", "resources: {NPU: 1}        # one Ascend NPU per replica", SOURCE.read_text())
+    path = tmp_path / "llm_prod_npu.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_npu_workers_ask_kubernetes_for_npus_and_ray_detects_them(tmp_path):
+    npu_config = _npu_config(tmp_path)
+    config = yaml.safe_load(npu_config.read_text())
+    assert config["applications"][0]["deployments"][0]["ray_actor_options"] == {"num_cpus": 1, "resources": {"NPU": 1}}
     group = rayservice(npu_config, accelerator="npu")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-    assert group["rayStartParams"]["resources"] == '"{\\"NPU\\": 1}"'
+    # Ray 2.60 detects Ascend NPUs (ray/_private/accelerators/npu.py) and names them NPU: nothing declared.
+    assert "resources" not in group["rayStartParams"]
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["huawei.com/Ascend910"] == "1"
     assert serve_config_of(rayservice_yaml(npu_config, accelerator="npu")) == config
+
+
+def test_committed_npu_manifest_is_what_the_generator_writes(tmp_path):
+    assert NPU_MANIFEST.read_text() == rayservice_yaml(_npu_config(tmp_path), accelerator="npu", name="serve-chat-npu")
+    assert validate_serve_config(serve_config_of(NPU_MANIFEST.read_text())) == []
 
 
 @pytest.mark.parametrize("accelerator", ["npu", "cpu"])

@@ -15,14 +15,17 @@ worker pods' Kubernetes resources and the Ray resources their ``ray start`` decl
 accelerator  worker pod asks Kubernetes for   Ray resource on the node
 ===========  ===============================  =====================================
 ``gpu``      ``nvidia.com/gpu: 1``            ``GPU`` (Ray detects it)
-``npu``      ``huawei.com/Ascend910: 1``      ``NPU`` (declared: ``rayStartParams``)
+``npu``      ``huawei.com/Ascend910: 1``      ``NPU`` (Ray detects it)
 ``cpu``      nothing more                     ``CPU`` only
 ===========  ===============================  =====================================
+
+Ray detects both kinds of accelerator on the node it starts on (for Ascend NPUs:
+``ray/_private/accelerators/npu.py`` counts them with AscendCL, or the ``/dev/davinci*``
+devices, and names the resource ``NPU``), so ``rayStartParams`` declares neither.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +39,7 @@ _POD_RESOURCES: dict[str, dict[str, str]] = {
 }
 _RAY_START: dict[str, dict[str, str]] = {
     "gpu": {},  # Ray counts the GPUs it sees
-    "npu": {"resources": json.dumps(json.dumps({"NPU": 1}))},  # '"{\"NPU\": 1}"', as KubeRay wants it
+    "npu": {},  # Ray counts the NPUs it sees (the devices the pod was given) and names them NPU
     "cpu": {},
 }
 
