@@ -169,18 +169,39 @@ def notebook_code():
                 yield path.name, "".join(cell["source"])
 
 
+def _called_by(code: str, at: int) -> str:
+    """The text just before the opening parenthesis of the call that encloses position `at`."""
+    depth = 0
+    for k in range(at - 1, -1, -1):
+        if code[k] in ")]}":
+            depth += 1
+        elif code[k] in "([{":
+            if depth:
+                depth -= 1
+            elif code[k] == "(":
+                return code[:k].rstrip()
+    return ""
+
+
 def test_notebooks_never_replace_ray_actor_options_by_hand():
     """Every `.options(ray_actor_options=...)` in a notebook keeps the accelerator request.
 
-    A deployment's own decorator may name its resources (02's first, CPU-only deployment);
-    replacing them from outside with a dict drops the accelerator the module asked for.
-    A dict that starts from the deployment's own (`{**dep.ray_actor_options, ...}`) keeps it.
+    A deployment's own decorator may name its resources (02's first, CPU-only deployment;
+    10's placement-group example); replacing them from outside with a dict drops the
+    accelerator the module asked for. A dict that starts from the deployment's own
+    (`{**dep.ray_actor_options, ...}`) keeps it.
     """
     offenders = [
-        (name, line.strip())
+        (name, code[m.start():].splitlines()[0])
         for name, code in notebook_code()
-        for line in code.splitlines()
-        if re.search(r"ray_actor_options\s*=\s*\{(?!\s*\*\*\w[\w.]*\.ray_actor_options\b)", line)
-        and not line.lstrip().startswith("@serve.deployment")
+        for m in re.finditer(r"ray_actor_options\s*=\s*\{(?!\s*\*\*\w[\w.]*\.ray_actor_options\b)", code)
+        if not _called_by(code, m.start()).endswith("@serve.deployment")
     ]
     assert offenders == []
+
+
+def test_the_check_tells_a_decorator_from_options():
+    decorator = '@serve.deployment(\n    num_replicas=2,\n    ray_actor_options={"num_cpus": 1},\n)'
+    options = 'app = Model.options(\n    ray_actor_options={"num_cpus": 1},\n).bind()'
+    assert _called_by(decorator, decorator.index("ray_actor_options")).endswith("@serve.deployment")
+    assert _called_by(options, options.index("ray_actor_options")).endswith(".options")
