@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers.config import validate_serve_config
-from helpers.kuberay import serve_config_of
+from kuberay import serve_config_of
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 BROKEN_SUFFIX = ".broken.yaml"

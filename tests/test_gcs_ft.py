@@ -19,17 +19,20 @@ import pytest
 import requests
 
 from helpers.cluster import port_in_use, wait_until
-from helpers.multinode import LocalCluster, auth_token
+from multinode import LocalCluster, auth_token
 from helpers.processes import run_cli
 
 BASE_PORT = 25000
 REDIS_PORT = 25600
 PASSWORD = "gcs-ft-test-password"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
-    reason="redis-server is not installed (Debian package redis-server; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.ray,  # starts Ray: not part of `make check`
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+        reason="redis-server is not installed (Debian package redis-server; .ci/run installs it)",
+    ),
+]
 
 
 def redis_cli(*args: str, password: str | None = PASSWORD) -> str:

@@ -1,4 +1,4 @@
-"""helpers.kuberay and the committed RayService manifest of notebook 10."""
+"""kuberay (notebooks/kuberay.py) and the committed RayService manifest of notebook 10."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from helpers.config import validate_serve_config
-from helpers.kuberay import rayservice, rayservice_yaml, serve_config_of
+from kuberay import rayservice, rayservice_yaml, serve_config_of
 
 CONFIGS = Path(__file__).resolve().parents[1] / "notebooks" / "configs"
 MANIFEST = CONFIGS / "rayservice_llm.yaml"

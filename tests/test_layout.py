@@ -101,6 +101,9 @@ def shown_snippets():
             for match in re.finditer(rf"from {package} import ([\w, ]+)", code):
                 for name in match.group(1).split(","):
                     files[name.strip()] = folder / f"{name.strip()}.py"
+        for match in re.finditer(r"^import (\w+)", code, re.M):  # a module beside the notebooks
+            if (APPS.parent / f"{match.group(1)}.py").exists():
+                files[match.group(1)] = APPS.parent / f"{match.group(1)}.py"
         for match in re.finditer(r"show_snippet\((\w+), \"(\w+)\"", code):
             yield notebook.name, files.get(match.group(1), APPS / f"{match.group(1)}.py"), match.group(2)
         # a module the kernel cannot import (e.g. it needs another environment), shown by its path
@@ -111,7 +114,7 @@ def shown_snippets():
 def test_notebooks_show_snippets_that_exist():
     shown = list(shown_snippets())
     assert shown, "the notebooks show their apps through named snippets"
-    assert any(path.parent == HELPERS for _, path, _ in shown) and any(
+    assert any(path.parent == APPS.parent for _, path, _ in shown) and any(
         path.name == "triton_chat.py" for _, path, _ in shown
     )
     missing = [(nb, path.name, name) for nb, path, name in shown if name not in snippets(path)]

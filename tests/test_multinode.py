@@ -1,4 +1,4 @@
-"""helpers.multinode: a head and two workers on 127.0.0.2-4, one stopped, all stopped, nothing left.
+"""multinode (notebooks/multinode.py): a head and two workers on 127.0.0.2-4, one stopped, all stopped, nothing left.
 
 It starts real `ray start` processes (about 25 s), on ports of their own (25000 and up: notebook 10
 uses 23000-23599 and its head-node section 24000 and up) and in a temporary directory of their
@@ -13,7 +13,10 @@ import tempfile
 import psutil
 import pytest
 
-from helpers.multinode import LocalCluster, LocalNode
+from multinode import LocalCluster, LocalNode
+
+# Starts Ray, a model server or a browser: not part of `make check` (see tests/conftest.py).
+pytestmark = pytest.mark.ray
 
 BASE_PORT = 25000
 

@@ -21,8 +21,11 @@ import pytest
 import requests
 
 import helpers
-from helpers import pytriton
+import triton_start
 from helpers.models import ASSETS
+
+# Starts Ray, a model server or a browser: not part of `make check` (see tests/conftest.py).
+pytestmark = pytest.mark.ray
 
 QA = helpers.qa_corpus()
 PORT = 8110  # not the notebook's 8100: a test run must not meet a reader's server
@@ -30,7 +33,7 @@ PORT = 8110  # not the notebook's 8100: a test run must not meet a reader's serv
 
 def _environment() -> None:
     try:
-        pytriton.pytriton_python()
+        triton_start.pytriton_python()
     except FileNotFoundError as exc:
         if os.environ.get("REQUIRE_PYTRITON"):
             pytest.fail(str(exc))
@@ -42,13 +45,13 @@ def folder(tmp_path_factory):
     _environment()
     folder = tmp_path_factory.mktemp("my_project")
     for name in ("triton_chat.py", "chat_core.py", "accelerator.py", "validation.py"):
-        shutil.copy(pytriton.APP.parent / name, folder / name)
+        shutil.copy(triton_start.APP.parent / name, folder / name)
     return folder
 
 
 @pytest.fixture(scope="module")
 def server(folder):
-    started = pytriton.start_triton(
+    started = triton_start.start_triton(
         folder / "triton.log", http_port=PORT, model=ASSETS / "tiny-chat", app=folder / "triton_chat.py"
     )
     yield started
@@ -176,11 +179,11 @@ print(json.dumps({"events": events, "refused": refused}))
 
 def test_the_stream_model_answers_several_requests_in_one_call(folder, server):
     several = [(QA[2]["question"], None), ("   ", None), (QA[0]["question"], None), (QA[1]["question"], 5)]
-    python = pytriton.pytriton_python()
+    python = triton_start.pytriton_python()
     done = subprocess.run(
         [str(python), "-c", SEVERAL_REQUESTS, str(ASSETS / "tiny-chat"), json.dumps(several)],
         cwd=folder, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "LD_LIBRARY_PATH": pytriton.library_dir(python)},
+        env={**os.environ, "LD_LIBRARY_PATH": triton_start.library_dir(python)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -12,10 +12,6 @@ around it:
   whether the apps serve that model (``$SERVE_CHAT_MODEL``);
 * :mod:`helpers.local_server` - run a FastAPI/Gradio app with plain uvicorn, without Ray;
 * :mod:`helpers.processes` - run a CLI such as ``serve run`` in the background and stop it cleanly;
-* :mod:`helpers.pytriton` - start notebook 09's PyTriton server from its own environment, stop it;
-* :mod:`helpers.multinode` - a head and worker nodes on one machine (loopback addresses, ports
-  of their own, token on): start, stop one node, stop all (notebook 10);
-* :mod:`helpers.kuberay` - a KubeRay ``RayService`` manifest generated from a Serve config file;
 * :mod:`helpers.display` - show an app's source in a cell from the module it lives in;
 * :mod:`helpers.config` - check a Serve config file before deploying it: schema errors and
   the unknown keys that Serve would silently ignore (``python -m helpers.config FILE``).

@@ -5,7 +5,7 @@ group and worker groups of pods, each pod one Ray node started with ``ray start`
 Serve config to deploy on it (``serveConfigV2``, the same YAML that ``serve deploy`` takes).
 This module writes that manifest from a config file of this repository::
 
-    from helpers.kuberay import rayservice_yaml
+    from kuberay import rayservice_yaml
     Path("configs/rayservice_llm.yaml").write_text(rayservice_yaml("configs/llm_prod.yaml"))
 
 ``serveConfigV2`` is the config file's text, comments and all. The accelerator decides the
@@ -154,7 +154,7 @@ def rayservice_yaml(serve_config_file: str | Path, **options: Any) -> str:
     _Dumper.add_representer(str, text)
     source = Path(serve_config_file).name
     header = (
-        f"# A KubeRay RayService for {source}, written by helpers.kuberay.rayservice_yaml\n"
+        f"# A KubeRay RayService for {source}, written by rayservice_yaml in notebooks/kuberay.py\n"
         f"# (notebook 10): serveConfigV2 is {source} as it is. Apply it with\n"
         "#   kubectl apply -f <this file>\n"
         "# on a Kubernetes cluster that runs the KubeRay operator.\n"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import requests
 
-from .cluster import port_in_use
-from .processes import count_processes, start_background, stop_process_tree
+from helpers.cluster import port_in_use
+from helpers.processes import count_processes, start_background, stop_process_tree
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "notebooks" / "apps" / "triton_chat.py"
 MODELS = ("chat", "chat_batched", "chat_stream")
 DEFAULT_PORT = 8100
