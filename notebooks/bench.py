@@ -3,8 +3,9 @@
 ``python -m bench`` (from ``notebooks/``; ``make bench`` does that) starts a private
 Ray, measures the embedding model's own batching gain, the embedding service unbatched and
 batched at 1, 8 and 32 concurrent clients, what Serve costs per request, and the chat model's
-answer streamed bare, over HTTP and through a handle, then prints the tables and the ratios,
-and last Serve's fast paths (see ``fastpaths.py``).
+answer streamed bare, over HTTP and through a handle, then prints the tables and the ratios.
+``make bench`` then runs ``python -m fastpaths`` for Serve's fast paths (``fastpaths.py`` uses
+this module; this module does not use it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from helpers.load import LoadResult, format_table, run_load
+import pandas as pd
+
+from helpers.load import LoadResult, run_load
 
 TEXTS = [f"How do I scale deployment number {i} in Ray Serve?" for i in range(32)]
 
@@ -146,6 +149,38 @@ class _Runs:
         )
 
 
+def _bare_once(model: Any, question: str, chunk_interval_s: float) -> tuple[float, float, list[str], int]:
+    """One stream in this process: seconds to the first chunk and to the end, chunks, tokens."""
+    start = time.perf_counter()
+    stream = model.stream(question, chunk_interval_s=chunk_interval_s)
+    chunks = [next(stream)]
+    first = time.perf_counter() - start
+    chunks += list(stream)
+    return first, time.perf_counter() - start, chunks, stream.completion_tokens
+
+
+async def _http_once(session: Any, url: str, body: dict[str, Any]) -> tuple[float, float, list[str]]:
+    """One streamed HTTP answer (``StreamingResponse``), read chunk by chunk as it arrives."""
+    start = time.perf_counter()
+    async with session.post(url, json=body) as response:
+        response.raise_for_status()
+        pieces = response.content.iter_any()
+        chunks = [(await anext(pieces)).decode()]
+        first = time.perf_counter() - start
+        chunks += [piece.decode() async for piece in pieces]
+    return first, time.perf_counter() - start, chunks
+
+
+async def _handle_once(streaming: Any, question: str) -> tuple[float, float, list[str]]:
+    """One ``streaming.stream.remote(question)``: chunks as the replica yields them."""
+    start = time.perf_counter()
+    stream = streaming.stream.remote(question)
+    chunks = [await anext(stream)]
+    first = time.perf_counter() - start
+    chunks += [chunk async for chunk in stream]
+    return first, time.perf_counter() - start, chunks
+
+
 def bare_streaming(
     model: Any, question: str, runs: int = 15, threads: int = 1, chunk_interval_s: float = 0.0
 ) -> StreamTiming:
@@ -156,51 +191,37 @@ def bare_streaming(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        "".join(model.stream(question, chunk_interval_s=chunk_interval_s))  # warm up
+        _bare_once(model, question, chunk_interval_s)  # warm up
         measured = _Runs()
         for _ in range(runs):
-            start = time.perf_counter()
-            stream = model.stream(question, chunk_interval_s=chunk_interval_s)
-            chunks = [next(stream)]
-            first = time.perf_counter() - start
-            chunks += list(stream)
-            measured.add(first, time.perf_counter() - start, len(chunks))
-        return measured.timing(stream.completion_tokens, "".join(chunks))
+            first, total, chunks, tokens = _bare_once(model, question, chunk_interval_s)
+            measured.add(first, total, len(chunks))
+        return measured.timing(tokens, "".join(chunks))
     finally:
         torch.set_num_threads(before)
 
 
 async def http_streaming(url: str, body: dict[str, Any], tokens: int, runs: int = 15) -> StreamTiming:
-    """A streamed HTTP answer (``StreamingResponse``), read chunk by chunk as it arrives."""
+    """A streamed HTTP answer, ``runs`` times after one that warms up."""
     import aiohttp
 
     measured = _Runs()
     async with aiohttp.ClientSession() as session:
-        for i in range(runs + 1):  # the first one warms up
-            start = time.perf_counter()
-            async with session.post(url, json=body) as response:
-                response.raise_for_status()
-                pieces = response.content.iter_any()
-                chunks = [(await anext(pieces)).decode()]
-                first = time.perf_counter() - start
-                chunks += [piece.decode() async for piece in pieces]
-            if i:
-                measured.add(first, time.perf_counter() - start, len(chunks))
+        await _http_once(session, url, body)  # warm up
+        for _ in range(runs):
+            first, total, chunks = await _http_once(session, url, body)
+            measured.add(first, total, len(chunks))
     return measured.timing(tokens, "".join(chunks))
 
 
 async def handle_streaming(handle: Any, question: str, tokens: int, runs: int = 15) -> StreamTiming:
-    """``handle.options(stream=True).stream.remote(question)``: chunks as the replica yields them."""
+    """``handle.options(stream=True).stream.remote(question)``, ``runs`` times after a warm-up."""
     streaming = handle.options(stream=True)
     measured = _Runs()
-    for i in range(runs + 1):  # the first one warms up
-        start = time.perf_counter()
-        stream = streaming.stream.remote(question)
-        chunks = [await anext(stream)]
-        first = time.perf_counter() - start
-        chunks += [chunk async for chunk in stream]
-        if i:
-            measured.add(first, time.perf_counter() - start, len(chunks))
+    await _handle_once(streaming, question)  # warm up
+    for _ in range(runs):
+        first, total, chunks = await _handle_once(streaming, question)
+        measured.add(first, total, len(chunks))
     return measured.timing(tokens, "".join(chunks))
 
 
@@ -237,14 +258,18 @@ def streaming_table(timings: dict[float, dict[str, StreamTiming]]) -> str:
                     "first chunk +ms": round(t.first_ms - bare.first_ms, 1),
                 }
             )
-    return format_table(rows)
+    return pd.DataFrame(rows).to_string(index=False)
 
 
 async def streaming_three_ways(
     runs: int = 15, chunk_intervals: tuple[float, ...] = (0.0, 0.02)
 ) -> dict[float, dict[str, StreamTiming]]:
     """The chatbot of notebook 05 (its model on one replica), for each chunk interval: its
-    longest answer streamed bare, over HTTP and through a handle (each gives the same text)."""
+    longest answer streamed bare, over HTTP and through a handle (each gives the same text).
+    The three ways take turns, one stream each, so that whatever else the machine does
+    meanwhile slows all three alike; each way's first stream warms it up and is not counted."""
+    import aiohttp
+    import torch
     from ray import serve
 
     from apps import chatbot
@@ -253,21 +278,33 @@ async def streaming_three_ways(
 
     model = ChatModel()
     question = longest_answer_question()
+    url, body = "http://127.0.0.1:8000/chat/generate", {"message": question}
     timings: dict[float, dict[str, StreamTiming]] = {}
-    for interval in chunk_intervals:
-        generator = Generator.options(num_replicas=1).bind(chunk_interval_s=interval)
-        serve.run(chatbot.ChatUI.bind(generator), name="chat", route_prefix="/chat")
-        bare = bare_streaming(model, question, runs, chunk_interval_s=interval)
-        timings[interval] = {
-            "bare, in process": bare,
-            "Serve, HTTP": await http_streaming(
-                "http://127.0.0.1:8000/chat/generate", {"message": question}, bare.tokens, runs
-            ),
-            "Serve, handle": await handle_streaming(
-                serve.get_deployment_handle("Generator", app_name="chat"), question, bare.tokens, runs
-            ),
-        }
-        serve.delete("chat")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the replica, given half a CPU, runs it
+    try:
+        for interval in chunk_intervals:
+            generator = Generator.options(num_replicas=1).bind(chunk_interval_s=interval)
+            serve.run(chatbot.ChatUI.bind(generator), name="chat", route_prefix="/chat")
+            streaming = serve.get_deployment_handle("Generator", app_name="chat").options(stream=True)
+            measured = {way: _Runs() for way in ("bare, in process", "Serve, HTTP", "Serve, handle")}
+            texts: dict[str, str] = {}
+            async with aiohttp.ClientSession() as session:
+                for i in range(runs + 1):
+                    first, total, chunks, tokens = _bare_once(model, question, interval)
+                    if i:
+                        measured["bare, in process"].add(first, total, len(chunks))
+                    texts["bare, in process"] = "".join(chunks)
+                    for way, once in (("Serve, HTTP", _http_once(session, url, body)),
+                                      ("Serve, handle", _handle_once(streaming, question))):
+                        first, total, chunks = await once
+                        if i:
+                            measured[way].add(first, total, len(chunks))
+                        texts[way] = "".join(chunks)
+            timings[interval] = {way: runs_of.timing(tokens, texts[way]) for way, runs_of in measured.items()}
+            serve.delete("chat")
+    finally:
+        torch.set_num_threads(before)
     return timings
 
 
@@ -297,7 +334,7 @@ async def _main() -> None:
         helpers.stop()
 
     print("Embedding service, requests per second and latency:")
-    print(format_table([{"service": name, **r.row()} for (name, _), r in results.items()]))
+    print(pd.DataFrame([{"service": name, **r.row()} for (name, _), r in results.items()]).to_string(index=False))
     ceiling = single_ms / batch_ms
     gain = results["batched", 32].throughput / results["unbatched", 32].throughput
     print(f"\nmodel alone: {single_ms:.1f} ms per text single, {batch_ms:.1f} ms in batches of 32")
@@ -305,22 +342,11 @@ async def _main() -> None:
     print(f"the model's own batching gain (the ceiling):                    {ceiling:.2f}x")
     print(f"share of the ceiling's gain reached:                            {100 * (gain - 1) / (ceiling - 1):.0f}%")
     print("\nWhat Serve costs per request (median, one client):")
-    print(format_table([{"way": way, "ms": round(ms, 3)} for way, ms in cost.items()]))
+    print(pd.DataFrame([{"way": way, "ms": round(ms, 3)} for way, ms in cost.items()]).to_string(index=False))
 
     print("\nThe chat model's longest answer streamed, a chunk per word and at most one each 20 ms")
     print("(medians of 15; each way against bare streaming with the same chunks):")
     print(streaming_table(streams))
-
-    import fastpaths
-
-    print("\nServe's fast paths (a no-op app; requests/s and latency; each in a network namespace):")
-    if fastpaths.namespaces_available():
-        reports = fastpaths.measure_all()
-        print(fastpaths.table(reports))
-        print("\nThe embedding service at 32 clients in each mode (texts/s; each mode measures its own ceiling):")
-        print(fastpaths.batching_table(reports))
-    else:
-        print("not measured: this machine allows no unprivileged network namespaces (unshare -rn)")
 
 
 if __name__ == "__main__":
