@@ -20,7 +20,11 @@ import pytest
 
 SANITIZE = Path(__file__).parent / "tests" / "nbval_sanitize.cfg"
 # "<path>/ray/serve/config.py:743: DeprecationWarning: The `metrics_interval_s` field ..."
-RAY_DEPRECATION = re.compile(r"/ray/\S+:\d+: (\w*Deprecat\w*|FutureWarning): .*")
+# Not counted: pydantic's warning about how Ray 2.60 declares its own models (printed once when
+# Serve is imported; no notebook can act on it).
+RAY_DEPRECATION = re.compile(
+    r"/ray/\S+:\d+: (\w*Deprecat\w*|FutureWarning): (?!Using extra keyword arguments on `Field`).*"
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

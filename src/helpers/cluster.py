@@ -132,26 +132,17 @@ def _filter_benign_errors() -> None:
 
 
 def show_ray_deprecations() -> None:
-    """Show Ray's deprecation warnings in the notebook, except the named ones below.
+    """Show every deprecation and future-change warning raised in Ray's code, each text once.
 
     A ``DeprecationWarning`` names an option the reader should stop using, so it must be
     seen; Python shows them only for code in ``__main__`` unless asked, and Ray raises them
-    from its own modules (e.g. for a deprecated ``autoscaling_config`` field). The exceptions are
-    warnings about Ray's own code that no notebook can act on:
-
-    * Ray 2.60's pydantic models pass extra keywords to ``Field``, which pydantic 2
-      deprecates (``PydanticDeprecatedSince20``), once per process when Serve is imported.
-      Only this warning raised *from Ray's modules* keeps Python's default (not shown); the
-      same warning from your own code (an app's schema, a notebook cell) is still shown.
+    from its own modules (e.g. for a deprecated ``autoscaling_config`` field). Nothing is
+    hidden; "once" only prints the same text a single time: Ray 2.60's own pydantic models
+    trigger pydantic's "extra keyword arguments on `Field`" warning at 18 places when Serve
+    is imported, and it appears once.
     """
-    warnings.filterwarnings("default", category=DeprecationWarning, module=r"ray(\.|$)")
-    warnings.filterwarnings("default", category=FutureWarning, module=r"ray(\.|$)")
-    warnings.filterwarnings(
-        "ignore",
-        message=r"Using extra keyword arguments on `Field` is deprecated",
-        category=DeprecationWarning,
-        module=r"ray(\.|$)",
-    )
+    warnings.filterwarnings("once", module=r"ray(\.|$)", category=DeprecationWarning)
+    warnings.filterwarnings("once", module=r"ray(\.|$)", category=FutureWarning)
 
 
 # Ray's and Serve's lines in a notebook: level, logger and message, without the timestamp
