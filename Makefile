@@ -15,7 +15,7 @@ NOTEBOOKS      := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 PYTRITON_VENV := .venv-pytriton
 
-.PHONY: lab test test-unit test-notebooks test-checkpoint notebooks protos bench clean-venv
+.PHONY: lab check test test-unit test-notebooks test-checkpoint notebooks protos bench clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(ENVS)
 	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(ALLOW_ROOT)
 
-## test: unit tests, strict nbval over every notebook, then notebooks 02, 04, 05, 08, 09, 10 on another model
+## test: unit tests, strict nbval over every notebook, then the chat notebooks on another model
 test: test-unit test-notebooks test-checkpoint
 
 # Each stage prints how long it took.
@@ -53,8 +53,15 @@ define timed
 	echo "== $@: $$(( $$(date +%s) - start )) s"; exit $$status
 endef
 
+## check: the tests that start no Ray and no browser (layout, configs, chat core, load generator, ...),
+##   two at a time: the quick loop while editing (a few minutes)
+check: $(BIN)/.installed
+	$(call timed,$(BIN)/python -m pytest -q -n 2 -m "not ray" tests)
+
+# The tests without Ray two at a time (as `make check`), then those with Ray one after the other.
 test-unit: $(ENVS)
-	$(call timed,REQUIRE_PYTRITON=1 $(BIN)/python -m pytest --durations=20 tests)
+	$(call timed,$(BIN)/python -m pytest -q -n 2 -m "not ray" tests && \
+	  REQUIRE_PYTRITON=1 $(BIN)/python -m pytest --durations=20 -m ray tests)
 
 # Every notebook runs on its own, as a reader runs it: in a fresh HOME (no token or Jupyter
 # state left by an earlier notebook) and a fresh Ray temp directory (no address file of an
@@ -72,10 +79,9 @@ test-notebooks: $(ENVS)
 
 # The apps must serve any local checkpoint: run the notebooks that serve the chat model with
 # a second one (another architecture and chat template), every cell executed, none compared.
+# A notebook takes part when its metadata says so: "serve_series": {"second_checkpoint": true}.
 OTHER_MODEL := $(CURDIR)/assets/tiny-chat-qwen2
-CHAT_NOTEBOOKS := notebooks/02_single_model.ipynb notebooks/04_model_composition.ipynb \
-                  notebooks/05_gradio_npu_chatbot.ipynb notebooks/08_clients.ipynb \
-                  notebooks/09_pytriton_vs_serve.ipynb notebooks/10_multi_node.ipynb
+CHAT_NOTEBOOKS := $(shell grep -l '"second_checkpoint": true' $(NOTEBOOKS))
 test-checkpoint: $(ENVS)
 	$(call timed,SERVE_CHAT_MODEL=$(OTHER_MODEL) $(BIN)/python -m pytest --nbval-lax $(CHAT_NOTEBOOKS))
 
@@ -86,7 +92,7 @@ notebooks: $(ENVS)
 
 ## bench: the measurements of notebook 06 (batching, per-request cost, streaming, fast paths), as tables
 bench: $(BIN)/.installed
-	cd notebooks && ../$(BIN)/python -m bench
+	cd notebooks && ../$(BIN)/python -m bench && ../$(BIN)/python -m fastpaths
 
 ## protos: regenerate the gRPC stubs in notebooks/apps/protos from chat.proto
 protos: $(BIN)/.installed

@@ -79,7 +79,12 @@ def deployed(serve_cluster) -> Callable[..., str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests that start a Ray of their own (``serve run``) before the shared one starts."""
+    """Mark every test that uses the shared Serve cluster ``ray`` (as the modules that start a
+    Ray or a server of their own mark themselves): ``make check`` runs the others, without Ray.
+    Then run the tests that start a Ray of their own (``serve run``) before the shared one starts."""
+    for item in items:
+        if "serve_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
     first = [item for item in items if item.path.name == "test_copied_apps.py"]
     items[:] = first + [item for item in items if item.path.name != "test_copied_apps.py"]
 

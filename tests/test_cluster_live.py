@@ -6,6 +6,9 @@ from conftest import GRPC_OPTIONS, TEST_CPUS, TEST_ENV
 
 import helpers
 
+# Starts Ray, a model server or a browser: not part of `make check` (see tests/conftest.py).
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def cluster(serve_cluster):

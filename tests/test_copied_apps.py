@@ -24,6 +24,10 @@ import requests
 import yaml
 
 import helpers
+from found_apps import modules_with_app
+
+# Starts Ray, a model server or a browser: not part of `make check` (see tests/conftest.py).
+pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "notebooks" / "apps"
@@ -32,7 +36,8 @@ PORT = 8000
 
 # application -> (module:attribute, a request that must succeed: method, path, JSON body); one
 # application per module (embed_service.unbatched and perf.sleepy_app need the same files as
-# the ones named here)
+# the ones named here). Every other module of notebooks/apps that defines `app` is added below
+# with GET /openapi.json (its FastAPI ingress answers it once the replica is up).
 APPLICATIONS = {
     "llm": ("llm:app", "POST", "/", {"prompt": "What is Ray Serve?"}),
     "prod": ("llm_prod:app", "POST", "/", {"prompt": "What is Ray Serve?"}),
@@ -45,7 +50,11 @@ APPLICATIONS = {
     "hello": ("perf:hello_app", "GET", "/", None),
     "slow": ("slow:app", "GET", "/?seconds=0", None),
     "whoami": ("whoami:app", "GET", "/", None),
+    "endpoints": ("chat_endpoints:app", "POST", "/chat", {"prompt": "What is Ray Serve?"}),
 }
+for _module in modules_with_app():
+    if f"{_module}:app" not in {target for target, *_ in APPLICATIONS.values()}:
+        APPLICATIONS[_module] = (f"{_module}:app", "GET", "/openapi.json", None)
 POISON = 'raise ImportError("an app imported helpers: apps must not need the notebooks\' helper package")\n'
 
 
@@ -62,6 +71,13 @@ def sibling_files(module: str) -> set[Path]:
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
                 todo.append(APPS / (node.module.replace(".", "/") + ".py"))
     return needed
+
+
+def test_apps_are_found_not_listed():
+    found = modules_with_app()
+    assert {"llm", "chatbot", "chat_endpoints", "whoami"} <= set(found)
+    assert "chat_core" not in found and "validation" not in found  # no `app` there
+    assert {f"{m}:app" for m in found} <= {target for target, *_ in APPLICATIONS.values()}
 
 
 def test_sibling_files_follow_imports():

@@ -6,6 +6,9 @@ import pytest
 
 import fastpaths
 
+# Starts Ray, a model server or a browser: not part of `make check` (see tests/conftest.py).
+pytestmark = pytest.mark.ray
+
 
 def test_listening_on_all_interfaces_sees_only_wildcard_listeners():
     with socket.socket() as local:

@@ -18,24 +18,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from apps import chat_endpoints, chatbot, embed_service, llm, llm_prod, memo, openai_api, perf, rag, slow, whoami
+import importlib
 
-# application -> (what to deploy, examples per mode and route, a request that must succeed after)
+from found_apps import modules_with_app
+
+# application -> (module:attribute, examples per mode and route, a request that must succeed
+# after). Every other module of notebooks/apps that defines `app` is added below: 15 examples,
+# then GET /openapi.json (its FastAPI ingress still answers).
 APPS = {
-    "llm": (lambda: llm.app, 25, ("POST", "/", {"prompt": "What is Ray Serve?"})),
-    "prod": (lambda: llm_prod.app, 15, ("POST", "/", {"prompt": "What is Ray Serve?"})),
-    "endpoints": (lambda: chat_endpoints.app, 15, ("POST", "/chat", {"prompt": "What is Ray Serve?"})),
-    "chatbot": (lambda: chatbot.app, 25, ("POST", "/generate", {"message": "What is Ray Serve?"})),
-    "openai": (lambda: openai_api.app, 25, ("GET", "/v1/models", None)),
-    "rag": (lambda: rag.app, 15, ("POST", "/ask", {"question": "What is Ray Serve?"})),
-    "batched": (lambda: embed_service.batched, 25, ("POST", "/", {"text": "hello"})),
-    "unbatched": (lambda: embed_service.unbatched, 15, ("POST", "/", {"text": "hello"})),
-    "memo": (lambda: memo.unbounded, 25, ("POST", "/", {"prompt": "hello"})),
-    "hello": (lambda: perf.hello_app, 10, ("GET", "/", None)),
-    "sleepy": (lambda: perf.sleepy_app, 5, ("GET", "/", None)),
-    "slow": (lambda: slow.app, 25, ("GET", "/?seconds=0", None)),
-    "whoami": (lambda: whoami.app, 10, ("GET", "/", None)),
+    "llm": ("llm:app", 25, ("POST", "/", {"prompt": "What is Ray Serve?"})),
+    "prod": ("llm_prod:app", 15, ("POST", "/", {"prompt": "What is Ray Serve?"})),
+    "endpoints": ("chat_endpoints:app", 15, ("POST", "/chat", {"prompt": "What is Ray Serve?"})),
+    "chatbot": ("chatbot:app", 25, ("POST", "/generate", {"message": "What is Ray Serve?"})),
+    "openai": ("openai_api:app", 25, ("GET", "/v1/models", None)),
+    "rag": ("rag:app", 15, ("POST", "/ask", {"question": "What is Ray Serve?"})),
+    "batched": ("embed_service:batched", 25, ("POST", "/", {"text": "hello"})),
+    "unbatched": ("embed_service:unbatched", 15, ("POST", "/", {"text": "hello"})),
+    "memo": ("memo:unbounded", 25, ("POST", "/", {"prompt": "hello"})),
+    "hello": ("perf:hello_app", 10, ("GET", "/", None)),
+    "sleepy": ("perf:sleepy_app", 5, ("GET", "/", None)),
+    "slow": ("slow:app", 25, ("GET", "/?seconds=0", None)),
+    "whoami": ("whoami:app", 10, ("GET", "/", None)),
 }
+for _module in modules_with_app():
+    if f"{_module}:app" not in {target for target, *_ in APPS.values()}:
+        APPS[_module] = (f"{_module}:app", 15, ("GET", "/openapi.json", None))
+
+
+def build(target: str):
+    """The application that "module:attribute" names in notebooks/apps."""
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(f"apps.{module}"), attribute)
 
 
 def quick(case, mode: GenerationMode):
@@ -84,8 +97,8 @@ def fuzz(operation, mode: GenerationMode, base_url: str, examples: int, shorten=
 
 @pytest.mark.parametrize("name", APPS)
 def test_every_route_answers_2xx_or_4xx(deployed, name):
-    build, examples, (method, path, body) = APPS[name]
-    url = deployed(name, build)
+    target, examples, (method, path, body) = APPS[name]
+    url = deployed(name, lambda: build(target))
     spec = requests.get(f"{url}/openapi.json", timeout=30).json()
     schema = schemathesis.openapi.from_dict(spec)
     operations = [result.ok() for result in schema.get_all_operations()]

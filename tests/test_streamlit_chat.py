@@ -18,6 +18,9 @@ from fastapi.responses import StreamingResponse
 import helpers
 from apps import openai_api
 
+# Starts Ray, a model server or a browser: not part of `make check` (see tests/conftest.py).
+pytestmark = pytest.mark.ray
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "notebooks" / "apps" / "streamlit_chat.py"
 STREAMLIT = str(Path(sys.executable).with_name("streamlit"))
