@@ -216,8 +216,8 @@ class LocalCluster:
         _wait(lambda: node.ip in self.alive_ips(), timeout_s, f"{node.name} to be alive")
         return time.monotonic() - t0
 
-    def alive_ips(self) -> set[str]:
-        """The addresses of the nodes the head's GCS lists as alive."""
+    def alive_nodes(self) -> list[dict]:
+        """The nodes the head's GCS lists as alive (``node_ip``, ``node_id``, ...)."""
         import requests
 
         # Ray's state API over the dashboard's REST endpoint, with the token: this works from
@@ -229,7 +229,11 @@ class LocalCluster:
             timeout=10,
         )
         response.raise_for_status()
-        return {n["node_ip"] for n in response.json()["data"]["result"]["result"]}
+        return response.json()["data"]["result"]["result"]
+
+    def alive_ips(self) -> set[str]:
+        """The addresses of the nodes the head's GCS lists as alive."""
+        return {n["node_ip"] for n in self.alive_nodes()}
 
     def processes(self, node: LocalNode | None = None) -> list[psutil.Process]:
         """The processes of one node (or of the whole cluster), children included.
@@ -266,16 +270,7 @@ class LocalCluster:
 
     def node_id(self, node: LocalNode) -> str:
         """The Ray node id of ``node``'s current (alive) incarnation."""
-        import requests
-
-        response = requests.get(
-            f"{self.dashboard_url}/api/v0/nodes",
-            params={"filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE", "limit": 1000},
-            headers={"Authorization": f"Bearer {auth_token()}"},
-            timeout=10,
-        )
-        response.raise_for_status()
-        ids = [n["node_id"] for n in response.json()["data"]["result"]["result"] if n["node_ip"] == node.ip]
+        ids = [n["node_id"] for n in self.alive_nodes() if n["node_ip"] == node.ip]
         if not ids:
             raise LookupError(f"{node.name} is not alive")
         return ids[0]
